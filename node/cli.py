@@ -35,7 +35,12 @@ DEFAULT_HOME = Path.home() / ".steppe"
 @app.callback()
 def _root(
     log_format: Annotated[
-        str, typer.Option("--log-format", envvar="STEPPE_LOG_FORMAT", help="auto (console on a TTY, else json), console or json.")
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="STEPPE_LOG_FORMAT",
+            help="auto (console on a TTY, else json), console or json.",
+        ),
     ] = "auto",
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="STEPPE_LOG_LEVEL", help="debug, info, warning or error.")
@@ -72,7 +77,9 @@ def _print_facts(facts: dict[str, str], as_json: bool) -> None:
 @app.command()
 def init(
     home: HomeOpt = DEFAULT_HOME,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing identity (the old one is lost).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing identity (the old one is lost).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Create a node identity (identity.key, wallet.key; mode 0600) and a documented config.toml."""
@@ -98,7 +105,8 @@ def keys(
 @app.command()
 def demo(
     home: Annotated[
-        Path | None, typer.Option("--home", help="Where the demo keeps its state (default: a temporary folder).")
+        Path | None,
+        typer.Option("--home", help="Where the demo keeps its state (default: a temporary folder)."),
     ] = None,
 ) -> None:
     """Run the whole story on embedded defaults: identity now; network, inference and payments as they land."""

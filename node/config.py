@@ -150,10 +150,10 @@ def build_config(layers: list[tuple[str, dict[str, Any]]]) -> Config:
             fields = _section_types(sections[sec_name])
             for key, value in sec_values.items():
                 if key not in fields:
-                    raise ConfigError(
-                        f"{source}: unknown key {sec_name}.{key}; known: {', '.join(fields)}"
-                    )
-                merged.setdefault(sec_name, {})[key] = _coerce(value, fields[key], f"{source}: {sec_name}.{key}")
+                    raise ConfigError(f"{source}: unknown key {sec_name}.{key}; known: {', '.join(fields)}")
+                merged.setdefault(sec_name, {})[key] = _coerce(
+                    value, fields[key], f"{source}: {sec_name}.{key}"
+                )
     return Config(**{name: sections[name](**merged.get(name, {})) for name in sections})
 
 

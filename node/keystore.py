@@ -59,7 +59,9 @@ def read_key_file(path: Path, kind: str) -> bytes:
         raise KeyFileError(f"{path}: unreadable ({exc}); restore it from your backup") from exc
     parts = text.split()
     if len(parts) != 5 or parts[0] != _MAGIC:
-        raise KeyFileError(f"{path}: not a Steppe key file (truncated or corrupt); restore it from your backup")
+        raise KeyFileError(
+            f"{path}: not a Steppe key file (truncated or corrupt); restore it from your backup"
+        )
     _, version, found_kind, key_hex, check = parts
     if version != "v1":
         raise KeyFileError(f"{path}: key file version {version!r} is not supported by this release")

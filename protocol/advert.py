@@ -81,15 +81,21 @@ class SignedAdvert(codec.Message, frozen=True):
     sig: Annotated[bytes, msgspec.Meta(max_length=64)]
 
 
-def signing_bytes(version: int, peer_id: str, seq: int, issued_at: int, expires_at: int, body: AdvertBody) -> bytes:
+def signing_bytes(
+    version: int, peer_id: str, seq: int, issued_at: int, expires_at: int, body: AdvertBody
+) -> bytes:
     """Canonical bytes the node signs: domain tag + msgpack array (msgspec encodes structs deterministically)."""
     return SIGNING_DOMAIN + msgspec.msgpack.encode((version, peer_id, seq, issued_at, expires_at, body))
 
 
-def make_advert(identity: Identity, body: AdvertBody, *, seq: int, now_ms: int, ttl_ms: int = DEFAULT_TTL_MS) -> SignedAdvert:
+def make_advert(
+    identity: Identity, body: AdvertBody, *, seq: int, now_ms: int, ttl_ms: int = DEFAULT_TTL_MS
+) -> SignedAdvert:
     """Sign ``body`` as ``identity``. Fills ``payment_address``/``evm_binding`` when empty."""
     if not body.payment_address:
-        body = msgspec.structs.replace(body, payment_address=identity.evm_address, evm_binding=identity.evm_binding())
+        body = msgspec.structs.replace(
+            body, payment_address=identity.evm_address, evm_binding=identity.evm_binding()
+        )
     expires = now_ms + ttl_ms
     sig = identity.sign(signing_bytes(ADVERT_VERSION, identity.peer_id, seq, now_ms, expires, body))
     return SignedAdvert(ADVERT_VERSION, identity.peer_id, seq, now_ms, expires, body, sig)
@@ -116,7 +122,9 @@ def verify_advert(advert: SignedAdvert, now_ms: int, *, last_seq: int | None = N
         public_key = ed25519_of_peer_id_untrusted(advert.peer_id)
         verify_ed25519(
             public_key,
-            signing_bytes(advert.version, advert.peer_id, advert.seq, advert.issued_at, advert.expires_at, advert.body),
+            signing_bytes(
+                advert.version, advert.peer_id, advert.seq, advert.issued_at, advert.expires_at, advert.body
+            ),
             advert.sig,
         )
     except MalformedMessage as exc:
