@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -102,22 +102,147 @@ def keys(
     _print_facts(identity_facts(home), as_json)
 
 
+DEMO_PROMPT = "Tell me about the steppe."
+
+
+def _demo_model(path: Path | None) -> Path:
+    """The demo model: ``path`` if given, else a make-tiny checkpoint cached in the user's cache folder."""
+    from node.inference.maketiny import make_tiny
+
+    if path is not None:
+        return path
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "steppe" / "demo-model"
+    if not (cache / "config.json").exists():
+        console.print(f"generating the demo model (random weights, llama architecture) in {cache}")
+        make_tiny(cache, arch="llama", layers=6, hidden=128, heads=4, kv_heads=2, vocab=512, seed=7)
+    return cache
+
+
 @app.command()
-def demo(
-    home: Annotated[
-        Path | None,
-        typer.Option("--home", help="Where the demo keeps its state (default: a temporary folder)."),
+def devnet(
+    model: Annotated[
+        Path, typer.Option("--model", help="Checkpoint folder every node loads its layers from.")
+    ],
+    nodes: Annotated[
+        int, typer.Option("--nodes", help="How many serving nodes (each ~1/N of the layers).")
+    ] = 3,
+    base_port: Annotated[
+        int | None,
+        typer.Option("--base-port", help="First TCP port; nodes take the next ones (default: free ports)."),
     ] = None,
 ) -> None:
-    """Run the whole story on embedded defaults: identity now; network, inference and payments as they land."""
-    if home is None:
-        home = Path(tempfile.mkdtemp(prefix="steppe-demo-"))
-    console.rule("[bold]Steppe demo")
-    from node.keystore import create_identity
+    """Start N real node processes on loopback serving a model, plus a gateway API; Ctrl-C stops all."""
+    import signal
+    import time
 
-    if not (home / "identity.key").exists():
-        create_identity(home)
-    _print_facts(identity_facts(home), as_json=False)
+    from node.devnet import Devnet
+
+    net = Devnet(model=model, nodes=nodes, base_port=base_port)
+    with console.status(f"starting {nodes} nodes and a gateway …"):
+        net.start()
+    console.print(f"[bold green]devnet up[/bold green]: {nodes} nodes, state in {net.root}")
+    for n in net.members:
+        console.print(f"  {n.name}  layers {n.layers[0]}:{n.layers[1]}  {n.addr}")
+    console.print(f"[bold]API[/bold] {net.api_url}/v1   (Ctrl-C to stop)")
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping …"):
+            net.stop()
+    console.print("devnet stopped")
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    api: Annotated[str, typer.Option("--api", help="A node's API URL.")] = "http://127.0.0.1:8080",
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model id (default: the first the node serves).")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 32,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.0,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Use the chat template.")] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the route, per-hop latency and tokens/s.")
+    ] = False,
+) -> None:
+    """Ask the network through a node's OpenAI-compatible API and stream the answer."""
+    from node.ask import ask_api
+
+    stats = ask_api(
+        api,
+        prompt,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        chat=chat,
+        out=sys.stdout,
+    )
+    if verbose:
+        _print_stats(stats)
+
+
+def _print_stats(stats: dict) -> None:
+    for route in stats.get("routes", []):
+        console.print(f"[bold]route[/bold]   {route}")
+    for hop in stats.get("hops", []):
+        console.print(
+            f"  hop {hop['layers']:>7} …{hop['peer_id'][-8:]}  {hop['avg_ms']} ms/step "
+            f"(network+sealing {hop['overhead_ms']} ms)"
+        )
+    console.print(
+        f"[bold]tokens[/bold]  {stats.get('new_tokens')} new, {stats.get('tokens_per_s')} tokens/s, "
+        f"first token after {stats.get('time_to_first_token_s')} s"
+    )
+    checks = stats.get("spot_checks", {})
+    if checks.get("run"):
+        console.print(
+            f"[bold]spot checks[/bold] {checks['run']} ({checks['cost_fraction'] * 100:.1f}% of the time)"
+        )
+
+
+@app.command()
+def demo(
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Checkpoint to serve (default: a generated tiny model).")
+    ] = None,
+    nodes: Annotated[int, typer.Option("--nodes")] = 3,
+    prompt: Annotated[str, typer.Option("--prompt")] = DEMO_PROMPT,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 24,
+) -> None:
+    """The whole story in one command: a model, a 3-node devnet, a sealed distributed generation."""
+    from node.ask import ask_api
+    from node.devnet import Devnet
+
+    console.rule("[bold]Steppe demo")
+    model_dir = _demo_model(model)
+    net = Devnet(model=model_dir, nodes=nodes)
+    with console.status(f"starting {nodes} volunteer nodes and a gateway on 127.0.0.1 …"):
+        net.start()
+    try:
+        for n in net.members:
+            console.print(
+                f"node [bold]{n.name}[/bold] {n.peer_id}  serves layers {n.layers[0]}:{n.layers[1]}"
+            )
+        console.print(f"gateway API {net.api_url}/v1 (OpenAI-compatible)")
+        console.print(f"[bold]prompt[/bold]  {prompt}")
+        console.print("[bold]answer[/bold]  ", end="")
+        stats = ask_api(
+            net.api_url, prompt, max_tokens=max_tokens, temperature=0.0, chat=True, out=sys.stdout
+        )
+        console.print("[dim](random weights: the words are noise; the route and the numbers are real)[/dim]")
+        _print_stats(stats)
+    finally:
+        with console.status("stopping the devnet …"):
+            net.stop()
+    console.print("[bold green]demo finished[/bold green]")
 
 
 # Command groups owned by other parts. Each module exposes `register(app)`.

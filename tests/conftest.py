@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+# tinygrad reads these at import: one backend and one thread for the whole suite (CI has 2 cores).
+os.environ.setdefault("DEV", "CPU:LLVM")
+os.environ.setdefault("NUM_CPU_THREADS", "1")
+
 import pytest
 
 from protocol.identity import Identity

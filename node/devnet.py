@@ -1,0 +1,192 @@
+"""A devnet: real `steppe run` processes on loopback serving a model's layers, plus a gateway API.
+
+Used by `steppe devnet`, `steppe demo` and the integration tests. Each node is its own process with its own
+home (keys made here), listening on 127.0.0.1; the first node is everyone's bootstrap peer. The gateway
+holds the model's tokenizer, no layers, and serves the OpenAI-compatible API.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from node.keystore import create_identity, load_identity
+from node.logging import get_logger
+from protocol.errors import SteppeError
+
+log = get_logger("steppe.devnet")
+
+
+class DevnetError(SteppeError):
+    """The devnet could not start (a node exited, or the network did not come together in time)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def split_layers(num_layers: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering ``[0, num_layers)`` as evenly as possible."""
+    if not 1 <= parts <= num_layers:
+        raise DevnetError(f"cannot split {num_layers} layers over {parts} nodes")
+    bounds = [num_layers * k // parts for k in range(parts + 1)]
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
+def steppe_command() -> list[str]:
+    """How to start `steppe` in a child process: the console script next to this interpreter if present."""
+    script = Path(sys.executable).parent / "steppe"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "node"]
+
+
+@dataclass
+class DevNode:
+    name: str
+    home: Path
+    port: int
+    layers: tuple[int, int] | None
+    proc: subprocess.Popen | None = None
+    peer_id: str = ""
+    log_path: Path | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+
+
+@dataclass
+class Devnet:
+    """Start with `start()`, stop with `stop()` (or use as a context manager)."""
+
+    model: Path
+    nodes: int = 3
+    base_port: int | None = None
+    root: Path | None = None
+    layer_split: Sequence[tuple[int, int]] | None = None
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    members: list[DevNode] = field(default_factory=list)
+    gateway: DevNode | None = None
+    api_url: str = ""
+
+    def __enter__(self) -> Devnet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _layout(self) -> None:
+        from node.inference.config import ModelConfig
+
+        num_layers = ModelConfig.load(self.model).num_layers
+        ranges = list(self.layer_split or split_layers(num_layers, self.nodes))
+        self.root = self.root or Path(tempfile.mkdtemp(prefix="steppe-devnet-"))
+        port = self.base_port
+        for i, rng in enumerate([*ranges, None]):
+            name = f"node{i}" if rng is not None else "gateway"
+            home = self.root / name
+            if not (home / "identity.key").exists():
+                create_identity(home)
+            p = port + i if port else free_port()
+            node = DevNode(name, home, p, rng, peer_id=load_identity(home).peer_id)
+            if rng is None:
+                self.gateway = node
+            else:
+                self.members.append(node)
+
+    def spawn(self, node: DevNode, *, bootstrap: str | None) -> None:
+        args = [
+            *steppe_command(),
+            "--log-format",
+            "json",
+            "run",
+            "--home",
+            str(node.home),
+            "--listen",
+            f"/ip4/127.0.0.1/tcp/{node.port}",
+            "--model",
+            str(self.model),
+        ]
+        if bootstrap:
+            args += ["--bootstrap", bootstrap]
+        if node.layers is not None:
+            args += ["--layers", f"{node.layers[0]}:{node.layers[1]}", "--api", "none"]
+        else:
+            args += ["--api", f"127.0.0.1:{self.api_port}"]
+        args += self.extra_args.get(node.name, [])
+        node.log_path = node.home / "node.log"
+        env = {**os.environ, **self.env}
+        with open(node.log_path, "ab") as logf:
+            node.proc = subprocess.Popen(
+                args, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        log.info(
+            "devnet_node_started", node=node.name, peer_id=node.peer_id, layers=node.layers, pid=node.proc.pid
+        )
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Start every node and wait until the gateway routes over all layers. Raises `DevnetError`."""
+        self._layout()
+        assert self.gateway is not None
+        self.api_port = free_port() if not self.base_port else self.base_port + len(self.members) + 1
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        boot = self.members[0].addr
+        for i, node in enumerate(self.members):
+            self.spawn(node, bootstrap=None if i == 0 else boot)
+        self.spawn(self.gateway, bootstrap=boot)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout_s: float, serving: int | None = None) -> None:
+        """Until the gateway's view holds adverts of ``serving`` nodes (default: all members)."""
+        want = len(self.members) if serving is None else serving
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline:
+            for node in [*self.members, self.gateway]:
+                if node is not None and node.proc is not None and node.proc.poll() is not None:
+                    raise DevnetError(f"{node.name} exited with {node.proc.returncode}; see {node.log_path}")
+            try:
+                status = httpx.get(self.api_url + "/status", timeout=5).json()
+                seen = sum(1 for a in status["adverts"] if a.get("model") and a["layers"][1] > a["layers"][0])
+                if seen >= want:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        raise DevnetError(f"the gateway saw {seen} of {want} serving nodes after {timeout_s:.0f} s")
+
+    def kill(self, node: DevNode, sig: int = signal.SIGKILL) -> None:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(sig)
+            node.proc.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM everyone (graceful), SIGKILL whoever is still up after ``timeout_s``."""
+        procs = [n.proc for n in [*self.members, self.gateway] if n is not None and n.proc is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

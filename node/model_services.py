@@ -1,0 +1,210 @@
+"""The model-facing services of a node: serving a shard over `/steppe/infer/1`, and the gateway.
+
+`start_model_services` is called by the wiring function (`node.app.open_node`) when the configuration
+names a model. A node with a layer range loads that shard, measures its throughput, advertises it and
+serves it; a node with a model folder (layers or not) is also a gateway for that model: its API answers
+OpenAI-style requests by routing generations over the peers in its view.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import trio
+
+from node.client import Client, ClientSettings
+from node.config import Config
+from node.gateway import Gateway
+from node.logging import get_logger
+from node.openai_api import OpenAIApp
+from node.serving import InferService
+from protocol.advert import AdvertBody, ModelRef
+from protocol.errors import ConfigError
+
+if TYPE_CHECKING:
+    from node.app import Node
+    from node.inference.worker import AsyncShard
+
+log = get_logger("steppe.model")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: Path
+    layers: tuple[int, int] | None = None  # None: a gateway only
+    devices: str | None = None
+    dtype: str = "float32"
+    max_sessions: int = 8
+    max_context: int = 2048
+    price_wei_per_token_layer: int = 0
+    client: ClientSettings = field(default_factory=ClientSettings)
+    #: Tests and the simulator only: return perturbed activations like a dishonest provider.
+    lie: bool = False
+
+
+def parse_layers(spec: str, num_layers: int) -> tuple[int, int]:
+    """``"A:B"`` (either side may be empty) → (A, B). Raises `ConfigError` for anything out of range."""
+    try:
+        a, b = spec.split(":")
+        start, end = (int(a) if a else 0), (int(b) if b else num_layers)
+    except ValueError as exc:
+        raise ConfigError(f"layer range {spec!r} must look like 0:16") from exc
+    if not 0 <= start < end <= num_layers:
+        raise ConfigError(f"layer range {spec!r} is outside the model's {num_layers} layers")
+    return start, end
+
+
+def model_settings_of(config: Config, **overrides) -> ModelSettings | None:
+    """From the ``[model]`` and ``[pricing]`` sections; None when no model is configured."""
+    from node.inference.config import ModelConfig
+
+    if not config.model.path:
+        return None
+    path = Path(config.model.path)
+    num_layers = ModelConfig.load(path).num_layers
+    layers = parse_layers(config.model.layers, num_layers) if config.model.layers else None
+    settings = ModelSettings(
+        path=path,
+        layers=layers,
+        devices=None if config.model.device == "auto" else config.model.device,
+        dtype=config.model.dtype,
+        max_sessions=config.model.max_sessions,
+        max_context=config.model.max_context,
+        price_wei_per_token_layer=config.pricing.price_wei_per_token_layer,
+    )
+    return ModelSettings(**{**settings.__dict__, **overrides})
+
+
+@dataclass
+class ModelParts:
+    model: ModelRef
+    shard: AsyncShard | None = None
+    service: InferService | None = None
+    gateway: Gateway | None = None
+    openai: OpenAIApp | None = None
+    tokens_per_s: float = 0.0
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+
+
+async def measure_tokens_per_s(shard: AsyncShard, steps: int = 8) -> float:
+    """Decode throughput of this shard (tokens/s through its layers), measured on a scratch session."""
+    cfg = shard.shard.config
+    sid = await shard.open_session(steps + 1)
+    try:
+        rows = np.zeros(1, np.int32) if shard.shard.embed else np.zeros((1, cfg.hidden_size), np.float32)
+        await shard.forward(sid, rows, 0)
+        t0 = time.perf_counter()
+        for pos in range(1, steps + 1):
+            await shard.forward(sid, rows, pos)
+        return steps / (time.perf_counter() - t0)
+    finally:
+        await shard.close_session(sid)
+
+
+async def start_model_services(node: Node, settings: ModelSettings, nursery: trio.Nursery) -> ModelParts:
+    """Load, measure, advertise and serve; mount the gateway API. Raises `ModelLoadError`, `ConfigError`."""
+    from node.inference.config import ModelConfig
+    from node.inference.shard import parse_devices
+    from node.inference.weights import model_reference
+    from node.inference.worker import AsyncShard
+
+    cfg = ModelConfig.load(settings.path)
+    sha = await trio.to_thread.run_sync(model_reference, settings.path)
+    ref = ModelRef(name=settings.path.name, sha256=bytes.fromhex(sha), num_layers=cfg.num_layers)
+    parts = ModelParts(model=ref)
+    if settings.layers is not None:
+        start, end = settings.layers
+        devices = parse_devices(settings.devices)
+        log.info("shard_loading", model=ref.name, layers=f"{start}:{end}", devices=devices)
+        t0 = time.monotonic()
+        parts.shard = shard = await AsyncShard.load(
+            settings.path,
+            start=start,
+            end=end,
+            devices=devices,
+            max_sessions=settings.max_sessions,
+            max_context=settings.max_context,
+            dtype=settings.dtype,
+        )
+        parts.tokens_per_s = await measure_tokens_per_s(shard)
+        log.info(
+            "shard_ready",
+            layers=f"{start}:{end}",
+            seconds=round(time.monotonic() - t0, 2),
+            tokens_per_s=round(parts.tokens_per_s, 1),
+        )
+        parts.service = InferService(node.identity, shard, ref.sha256, lie=settings.lie)
+        parts.service.install(node.p2p.host)
+        node.p2p.set_advert_body(_advert_body(parts, settings, devices))
+        nursery.start_soon(_refresh_capacity, node, parts, settings, devices)
+    client = Client(
+        node.p2p.host,
+        ref,
+        lambda: node.p2p.view.adverts(node.p2p.clock.now_ms()),
+        latency_ms=parts.latencies_ms.get,
+        settings=settings.client,
+    )
+    parts.gateway = Gateway(settings.path, ref, client, max_context=settings.max_context)
+    parts.openai = OpenAIApp(parts.gateway)
+    nursery.start_soon(_measure_latencies, node, parts)
+    return parts
+
+
+def _advert_body(parts: ModelParts, settings: ModelSettings, devices: list[str]) -> AdvertBody:
+    shard = parts.shard
+    assert shard is not None and settings.layers is not None
+    engine = shard.shard
+    return AdvertBody(
+        addrs=(),
+        model=parts.model,
+        layer_start=settings.layers[0],
+        layer_end=settings.layers[1],
+        serves_embedding=engine.embed,
+        serves_head=engine.head,
+        dtype=settings.dtype,
+        device=",".join(devices)[:64],
+        tokens_per_s=round(parts.tokens_per_s, 2),
+        free_cache_tokens=engine.free_cache_tokens,
+        free_sessions=engine.max_sessions - len(engine.sessions),
+        price_wei_per_token_layer=settings.price_wei_per_token_layer,
+    )
+
+
+async def _refresh_capacity(
+    node: Node, parts: ModelParts, settings: ModelSettings, devices: list[str]
+) -> None:
+    """Re-advertise when free slots change, so clients route around a full node."""
+    last = None
+    while True:
+        await trio.sleep(2.0)
+        body = _advert_body(parts, settings, devices)
+        key = (body.free_sessions, body.free_cache_tokens)
+        if key != last:
+            last = key
+            node.p2p.set_advert_body(body)
+
+
+async def _measure_latencies(node: Node, parts: ModelParts) -> None:
+    """Ping the serving peers in view every few seconds; the router prefers measured, nearby peers."""
+    from node.p2p.host import ID
+    from node.p2p.streams import StreamError
+    from protocol.errors import MalformedMessage
+
+    while True:
+        now = node.p2p.clock.now_ms()
+        for advert in node.p2p.view.adverts(now):
+            if advert.body.model is None or advert.body.model.sha256 != parts.model.sha256:
+                continue
+            try:
+                with trio.move_on_after(5):
+                    rtt = await node.p2p.ping(ID.from_base58(advert.peer_id))
+                    old = parts.latencies_ms.get(advert.peer_id)
+                    ms = rtt * 1000
+                    parts.latencies_ms[advert.peer_id] = ms if old is None else 0.7 * old + 0.3 * ms
+            except (StreamError, MalformedMessage):
+                parts.latencies_ms.pop(advert.peer_id, None)
+        await trio.sleep(5.0)
