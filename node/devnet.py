@@ -60,6 +60,11 @@ class DevNode:
     proc: subprocess.Popen | None = None
     peer_id: str = ""
     log_path: Path | None = None
+    api_port: int = 0
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def addr(self) -> str:
@@ -100,8 +105,8 @@ class Devnet:
             home = self.root / name
             if not (home / "identity.key").exists():
                 create_identity(home)
-            p = port + i if port else free_port()
-            node = DevNode(name, home, p, rng, peer_id=load_identity(home).peer_id)
+            p, api = (port + 2 * i, port + 2 * i + 1) if port else (free_port(), free_port())
+            node = DevNode(name, home, p, rng, peer_id=load_identity(home).peer_id, api_port=api)
             if rng is None:
                 self.gateway = node
             else:
@@ -123,9 +128,8 @@ class Devnet:
         if bootstrap:
             args += ["--bootstrap", bootstrap]
         if node.layers is not None:
-            args += ["--layers", f"{node.layers[0]}:{node.layers[1]}", "--api", "none"]
-        else:
-            args += ["--api", f"127.0.0.1:{self.api_port}"]
+            args += ["--layers", f"{node.layers[0]}:{node.layers[1]}"]
+        args += ["--api", f"127.0.0.1:{node.api_port}"]
         args += self.extra_args.get(node.name, [])
         node.log_path = node.home / "node.log"
         env = {**os.environ, **self.env}
@@ -141,8 +145,7 @@ class Devnet:
         """Start every node and wait until the gateway routes over all layers. Raises `DevnetError`."""
         self._layout()
         assert self.gateway is not None
-        self.api_port = free_port() if not self.base_port else self.base_port + len(self.members) + 1
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.api_url = self.gateway.api_url
         boot = self.members[0].addr
         for i, node in enumerate(self.members):
             self.spawn(node, bootstrap=None if i == 0 else boot)
@@ -171,6 +174,10 @@ class Devnet:
                 pass
             time.sleep(0.5)
         raise DevnetError(f"the gateway saw {seen} of {want} serving nodes after {timeout_s:.0f} s")
+
+    def status(self, node: DevNode) -> dict:
+        """The node's ``/status`` JSON. Raises `httpx.HTTPError`."""
+        return httpx.get(node.api_url + "/status", timeout=10).json()
 
     def kill(self, node: DevNode, sig: int = signal.SIGKILL) -> None:
         if node.proc is not None and node.proc.poll() is None:

@@ -89,6 +89,35 @@ class ModelParts:
     tokens_per_s: float = 0.0
     latencies_ms: dict[str, float] = field(default_factory=dict)
 
+    def status(self) -> dict:
+        out: dict = {
+            "name": self.model.name,
+            "sha256": self.model.sha256.hex(),
+            "num_layers": self.model.num_layers,
+            "latencies_ms": {p: round(v, 2) for p, v in sorted(self.latencies_ms.items())},
+        }
+        if self.service is not None and self.shard is not None:
+            st = self.service.stats
+            engine = self.shard.shard
+            out["serving"] = {
+                "layers": [engine.start, engine.end],
+                "tokens_per_s": round(self.tokens_per_s, 2),
+                "sessions_opened": st.sessions_opened,
+                "sessions_active": st.sessions_active,
+                "steps": st.steps,
+                "tokens_served": st.tokens_served,
+                "compute_s": round(st.compute_s, 3),
+                "refused": dict(st.refused),
+                "free_sessions": engine.max_sessions - len(engine.sessions),
+                "free_cache_tokens": engine.free_cache_tokens,
+            }
+        if self.openai is not None:
+            out["gateway"] = {
+                "requests": self.openai.requests,
+                "tokens_generated": self.openai.tokens_generated,
+            }
+        return out
+
 
 async def measure_tokens_per_s(shard: AsyncShard, steps: int = 8) -> float:
     """Decode throughput of this shard (tokens/s through its layers), measured on a scratch session."""
