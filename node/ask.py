@@ -77,3 +77,64 @@ def ask_api(
             return stats
         except httpx.HTTPError as exc:
             raise AskError(f"cannot reach {base} ({exc}); is a node serving its API there?") from exc
+
+
+def ask_p2p(
+    bootstrap: list[str],
+    model_dir,
+    prompt: str,
+    *,
+    max_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    chat: bool = True,
+    out: TextIO,
+    discover_timeout_s: float = 60.0,
+) -> dict:
+    """Join the network as a throw-away client node, route, generate, leave. Returns the stats.
+
+    ``model_dir`` supplies the tokenizer and config (a client needs no weights). Raises `AskError` when the
+    swarm does not cover the model's layers within ``discover_timeout_s``.
+    """
+    from pathlib import Path
+
+    import trio
+
+    from node.app import open_node
+    from node.config import Config, NodeSection
+    from node.gateway import Completion
+    from node.inference.sampling import SamplingParams
+    from node.model_services import ModelSettings
+    from protocol.identity import Identity
+    from protocol.route import NoRoute
+
+    config = Config(node=NodeSection(listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=tuple(bootstrap), api=""))
+
+    async def main() -> dict:
+        async with open_node(config, Identity.generate(), model=ModelSettings(path=Path(model_dir))) as node:
+            gateway = node.model.gateway
+            ids = (
+                gateway.encode_chat([{"role": "user", "content": prompt}])
+                if chat
+                else gateway.tokenizer.encode(prompt)
+            )
+            with trio.move_on_after(discover_timeout_s):
+                while True:
+                    try:
+                        gateway.client.route(0, gateway.model.num_layers, len(ids) + max_tokens)
+                        break
+                    except NoRoute:
+                        await trio.sleep(0.5)
+            done = Completion()
+            try:
+                async for delta in gateway.stream(
+                    ids, max_tokens, SamplingParams(temperature=temperature, seed=seed), done
+                ):
+                    out.write(delta)
+                    out.flush()
+            except NoRoute as exc:
+                raise AskError(f"{exc} (after waiting {discover_timeout_s:.0f} s for adverts)") from exc
+            out.write("\n")
+            return done.stats.as_dict()
+
+    return trio.run(main)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from node.logging import configure_logging
-from protocol.errors import SteppeError
+from protocol.errors import ConfigError, SteppeError
 
 app = typer.Typer(
     name="steppe",
@@ -160,9 +160,21 @@ def devnet(
 @app.command()
 def ask(
     prompt: Annotated[str, typer.Argument(help="What to ask.")],
-    api: Annotated[str, typer.Option("--api", help="A node's API URL.")] = "http://127.0.0.1:8080",
+    api: Annotated[
+        str | None, typer.Option("--api", help="A node's API URL (default http://127.0.0.1:8080).")
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bootstrap", help="Join the network directly through this multiaddr (needs --model DIR)."
+        ),
+    ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Model id (default: the first the node serves).")
+        str | None,
+        typer.Option(
+            "--model",
+            help="With --api: a model id (default: the first served). With --bootstrap: the checkpoint folder.",
+        ),
     ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 32,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.0,
@@ -172,19 +184,18 @@ def ask(
         bool, typer.Option("--verbose", "-v", help="Show the route, per-hop latency and tokens/s.")
     ] = False,
 ) -> None:
-    """Ask the network through a node's OpenAI-compatible API and stream the answer."""
-    from node.ask import ask_api
+    """Ask the network (through a node's API, or joining it directly) and stream the answer."""
+    from node.ask import ask_api, ask_p2p
 
-    stats = ask_api(
-        api,
-        prompt,
-        model=model,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        seed=seed,
-        chat=chat,
-        out=sys.stdout,
-    )
+    options = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, chat=chat, out=sys.stdout)
+    if bootstrap:
+        if api is not None:
+            raise ConfigError("use either --api or --bootstrap, not both")
+        if model is None or not Path(model).is_dir():
+            raise ConfigError("--bootstrap needs --model DIR: the checkpoint folder holding the tokenizer")
+        stats = ask_p2p(list(bootstrap), Path(model), prompt, **options)
+    else:
+        stats = ask_api(api or "http://127.0.0.1:8080", prompt, model=model, **options)
     if verbose:
         _print_stats(stats)
 

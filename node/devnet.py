@@ -137,7 +137,7 @@ class Devnet:
             node.proc = subprocess.Popen(
                 args, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        log.info(
+        log.debug(
             "devnet_node_started", node=node.name, peer_id=node.peer_id, layers=node.layers, pid=node.proc.pid
         )
 

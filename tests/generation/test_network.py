@@ -74,6 +74,17 @@ def test_three_nodes_generate_what_transformers_and_a_single_node_generate(
             if c.choices
         )
         assert streamed == chat.choices[0].message.content
+        # `steppe ask`, through the API and joining the network itself, prints the same answer.
+        for how in (["--api", net.api_url], ["--bootstrap", net.members[0].addr, "--model", str(tiny_model)]):
+            asked = subprocess.run(
+                [*steppe_command(), "ask", *how, "--no-chat", "--max-tokens", str(n), "--verbose", PROMPT],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert asked.returncode == 0, asked.stderr
+            assert asked.stdout.splitlines()[0] == want
+            assert "route" in asked.stdout and "tokens/s" in asked.stdout
         # Every serving node really served: each hop's counters moved.
         for node in net.members:
             assert net.status(node)["model"]["serving"]["steps"] > 0

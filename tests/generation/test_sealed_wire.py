@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import trio
 
-from node.client import start_hop_session
+from node.client import HopFailed, start_hop_session
 from node.inference.maketiny import make_tiny
 from node.inference.weights import model_reference
 from node.inference.worker import AsyncShard
@@ -159,3 +159,51 @@ async def test_a_replayed_or_reordered_step_is_refused(tiny, second_half) -> Non
                     )
         assert len(refused) == 1 and isinstance(refused[0], error), refused
         assert service.stats.sessions_active == 0
+
+
+async def test_a_full_hop_answers_busy_at_once_and_frees_the_slot_when_a_session_ends(
+    tiny, second_half
+) -> None:
+    path, ref = tiny
+    hop_id = Identity.from_int(44)
+    service = InferService(hop_id, second_half, ref.sha256)
+    hop = Hop(hop_id.peer_id, 1, 2, 0.0, 0.0, 0)
+    free = second_half.shard.max_sessions - len(second_half.shard.sessions)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            streams = []
+            for _ in range(free):
+                client_end, hop_end = pipe([])
+                nursery.start_soon(service.handle, FramedStream(hop_end, service.protocol, incoming=True))
+                stream = FramedStream(client_end, service.protocol, incoming=False)
+                await start_hop_session(stream, hop, ref, 8, "float32")
+                streams.append(stream)
+            client_end, hop_end = pipe([])
+            nursery.start_soon(service.handle, FramedStream(hop_end, service.protocol, incoming=True))
+            with pytest.raises(HopFailed) as info:
+                await start_hop_session(
+                    FramedStream(client_end, service.protocol, incoming=False), hop, ref, 8, "float32"
+                )
+            assert info.value.busy and "busy" in str(info.value)
+            for stream in streams:
+                await stream.close()
+    assert service.stats.refused["busy"] == 1 and service.stats.sessions_active == 0
+    assert len(second_half.shard.sessions) == 0
+
+
+async def test_a_hop_refuses_another_model_or_other_layers(tiny, second_half) -> None:
+    path, ref = tiny
+    hop_id = Identity.from_int(45)
+    service = InferService(hop_id, second_half, ref.sha256)
+    for hop, model in (
+        (Hop(hop_id.peer_id, 0, 2, 0, 0, 0), ref),
+        (Hop(hop_id.peer_id, 1, 2, 0, 0, 0), ModelRef("x", b"\1" * 32, 2)),
+    ):
+        client_end, hop_end = pipe([])
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(service.handle, FramedStream(hop_end, service.protocol, incoming=True))
+                with pytest.raises(HopFailed, match="bad_request"):
+                    await start_hop_session(
+                        FramedStream(client_end, service.protocol, incoming=False), hop, model, 8, "float32"
+                    )
