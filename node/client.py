@@ -21,6 +21,7 @@ import numpy as np
 import trio
 
 from node.inference.sampling import Sampler
+from node.ledger.sender import PaymentSender
 from node.logging import get_logger
 from node.p2p.host import ID
 from node.p2p.streams import FramedStream, RemoteError, StreamError, StreamProtocol, open_stream
@@ -72,10 +73,12 @@ class HopStats:
     steps: int = 0
     wall_s: float = 0.0
     compute_s: float = 0.0
+    paid_wei: int = 0
 
     def as_dict(self) -> dict:
         return {
             "peer_id": self.peer_id,
+            "paid_wei": self.paid_wei,
             "layers": f"{self.span[0]}:{self.span[1]}",
             "steps": self.steps,
             "avg_ms": round(1000 * self.wall_s / max(self.steps, 1), 2),
@@ -120,6 +123,7 @@ class GenerationStats:
                 "cost_fraction": round(self.spot_check_s / self.wall_s, 4) if self.wall_s else 0.0,
                 "liars": self.liars,
             },
+            "paid_wei": sum(h.paid_wei for h in self.hops),
             "hops": [h.as_dict() for h in self.hops],
         }
 
@@ -134,6 +138,11 @@ class HopSession:
         self._sealer, self._opener = sealer, opener
         self.has_head = False
         self.stats = HopStats(hop.peer_id, (hop.start, hop.end))
+        self.price_per_row = 0  # wei per row through all of this hop's layers
+        self.payee = ""
+        self.payer: PaymentSender | None = None
+        self.stop_paying_after: int | None = None  # free-rider mode (tests, simulator)
+        self.paid_steps = 0
 
     async def _call(self, msg) -> infer.ForwardResult | infer.SessionOpened:
         try:
@@ -151,14 +160,33 @@ class HopSession:
             raise HopFailed(self.hop.peer_id, f"{reply.code}: {reply.message}", busy=reply.code == "busy")
         return reply
 
+    async def _voucher(self, rows: int) -> bytes:
+        """A voucher paying for ``rows`` rows through this hop's layers (empty when free or not paying)."""
+        cost = rows * self.price_per_row
+        if cost == 0 or self.payer is None:
+            return b""
+        if self.stop_paying_after is not None and self.paid_steps >= self.stop_paying_after:
+            return b""
+        try:
+            voucher = await self.payer.pay(self.payee, cost)
+        except SteppeError as exc:  # LedgerError, TransactionReverted: we cannot pay this hop
+            raise HopFailed(self.hop.peer_id, f"cannot pay: {exc}") from exc
+        self.paid_steps += 1
+        self.stats.paid_wei += cost
+        return voucher.to_bytes()
+
     async def forward(
         self, start_pos: int, rows: np.ndarray, *, wire_dtype: str, last_only: bool = True
     ) -> np.ndarray:
-        """Token ids (1-D int) or hidden rows in; hidden rows or logits out. Raises `HopFailed`."""
+        """Token ids (1-D int) or hidden rows in; hidden rows or logits out. Pays for the step when the hop
+        charges. Raises `HopFailed`."""
+        voucher = await self._voucher(int(rows.shape[0]))
         if rows.dtype.kind in "iu":
-            msg = infer.Forward(start_pos, tokens=tuple(int(t) for t in rows), last_only=last_only)
+            tokens = tuple(int(t) for t in rows)
+            msg = infer.Forward(start_pos, tokens=tokens, last_only=last_only, voucher=voucher)
         else:
-            msg = infer.Forward(start_pos, hidden=encode_hidden(rows, wire_dtype), last_only=last_only)
+            hidden = encode_hidden(rows, wire_dtype)
+            msg = infer.Forward(start_pos, hidden=hidden, last_only=last_only, voucher=voucher)
         t0 = time.perf_counter()
         reply = await self._call(msg)
         if not isinstance(reply, infer.ForwardResult):
@@ -178,9 +206,17 @@ class HopSession:
 
 
 async def start_hop_session(
-    stream: FramedStream, hop: Hop, model: ModelRef, max_tokens: int, wire_dtype: str
+    stream: FramedStream,
+    hop: Hop,
+    model: ModelRef,
+    max_tokens: int,
+    wire_dtype: str,
+    *,
+    advert: SignedAdvert | None = None,
+    payer: PaymentSender | None = None,
 ) -> HopSession:
-    """Open a sealed session with ``hop`` on an open ``stream``. Raises `HopFailed`."""
+    """Open a sealed session with ``hop`` on an open ``stream``; the hop must charge no more than its
+    ``advert`` says, to the address the advert names. Raises `HopFailed`."""
     try:
         hop_key = x25519_of_ed25519_public(ed25519_of_peer_id_untrusted(hop.peer_id))
     except MalformedMessage as exc:
@@ -203,6 +239,14 @@ async def start_hop_session(
     ):
         raise HopFailed(hop.peer_id, "session opened for other layers")
     hs.has_head = opened.has_head
+    if advert is not None and (
+        opened.price_wei_per_token_layer > advert.body.price_wei_per_token_layer
+        or (opened.price_wei_per_token_layer and opened.payee.lower() != advert.body.payment_address.lower())
+    ):
+        raise HopFailed(hop.peer_id, "the session's price or payee differs from the advert")
+    hs.price_per_row = opened.price_wei_per_token_layer * (hop.end - hop.start)
+    hs.payee = opened.payee
+    hs.payer = payer
     return hs
 
 
@@ -214,13 +258,16 @@ async def open_hop(
     model: ModelRef,
     max_tokens: int,
     wire_dtype: str,
+    *,
+    advert: SignedAdvert | None = None,
+    payer: PaymentSender | None = None,
 ) -> HopSession:
     """A new stream to ``hop`` and a sealed session on it; both closed with ``stack``. Raises `HopFailed`."""
     try:
         stream = await stack.enter_async_context(open_stream(host, ID.from_base58(hop.peer_id), proto))
     except StreamError as exc:
         raise HopFailed(hop.peer_id, str(exc)) from exc
-    return await start_hop_session(stream, hop, model, max_tokens, wire_dtype)
+    return await start_hop_session(stream, hop, model, max_tokens, wire_dtype, advert=advert, payer=payer)
 
 
 @dataclass
@@ -231,6 +278,8 @@ class ClientSettings:
     route: RouteParams = field(default_factory=lambda: RouteParams(whole_ranges=True))
     max_failovers: int = 8
     seed: int | None = None
+    #: Tests and the simulator only: stop paying after this many paid steps (a free-rider).
+    stop_paying_after: int | None = None
 
 
 class _Boundaries:
@@ -263,8 +312,10 @@ class Client:
         latency_ms: Callable[[str], float | None] = lambda _p: None,
         settings: ClientSettings | None = None,
         bans: Bans | None = None,
+        payer: PaymentSender | None = None,
     ) -> None:
         self.host, self.model, self._adverts, self._latency = host, model, adverts, latency_ms
+        self.payer = payer
         self.settings = settings or ClientSettings()
         self.bans = bans or Bans()
         self.proto = StreamProtocol(
@@ -348,7 +399,8 @@ class _Run:
         return " => ".join(f"{h.hop.start}:{h.hop.end}@{h.hop.peer_id[-6:]}" for h in self.chain)
 
     async def _open(self, hops: list[Hop], stack: AsyncExitStack | None = None) -> list[HopSession]:
-        return [
+        _, adverts = self.c.candidates()
+        sessions = [
             await open_hop(
                 stack or self.stack,
                 self.c.host,
@@ -357,9 +409,14 @@ class _Run:
                 self.c.model,
                 self.max_tokens,
                 self.c.settings.wire_dtype,
+                advert=adverts.get(hop.peer_id),
+                payer=self.c.payer,
             )
             for hop in hops
         ]
+        for hs in sessions:
+            hs.stop_paying_after = self.c.settings.stop_paying_after
+        return sessions
 
     async def open(self, hops: list[Hop]) -> None:
         while True:
@@ -459,6 +516,7 @@ class _Run:
                 log.info("spot_check_provider_failed", peer_id=exc.peer_id, error=str(exc)[:200])
                 return None
         self.stats.spot_check_rows += upto
+        self.retired.extend(sessions)  # their steps and payments count in the generation's stats
         return route.hops[0].peer_id, out
 
     def _agree(self, a: np.ndarray, b: np.ndarray) -> bool:

@@ -72,6 +72,72 @@ class DevNode:
 
 
 @dataclass
+class Chain:
+    """The devnet's shared chain: a `steppe chain serve` process, the deployed contract, the funding."""
+
+    home: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    contract: str = ""
+    chain_id: int = 0
+    funded: dict[str, int] = field(default_factory=dict)  # address -> wei sent at start
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ledger(self):
+        from node.ledger.rpc import RpcLedger
+
+        return RpcLedger(self.url)
+
+    def start(self, addresses: list[str], fund_wei: int, timeout_s: float = 60.0) -> None:
+        """Serve, deploy the contract and fund ``addresses`` from a dev account. Raises `DevnetError`."""
+        from node.ledger.channels import deploy
+        from node.ledger.embedded import dev_key
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        args = [*steppe_command(), "chain", "serve", "--home", str(self.home), "--port", str(self.port)]
+        with open(self.home / "chain.log", "ab") as logf:
+            self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise DevnetError(
+                    f"the chain exited with {self.proc.returncode}; see {self.home / 'chain.log'}"
+                )
+            try:
+                httpx.post(
+                    self.url,
+                    json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
+                    timeout=2,
+                )
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise DevnetError("the chain did not answer JSON-RPC in time") from None
+                time.sleep(0.2)
+        ledger = self.ledger()
+        try:
+            self.chain_id = ledger.chain_id
+            self.contract, _ = deploy(ledger, dev_key(0))
+            for address in addresses:
+                ledger.transact(dev_key(0), address, value=fund_wei, gas=21_000)
+                self.funded[address] = fund_wei
+        finally:
+            ledger.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
 class Devnet:
     """Start with `start()`, stop with `stop()` (or use as a context manager)."""
 
@@ -85,6 +151,10 @@ class Devnet:
     members: list[DevNode] = field(default_factory=list)
     gateway: DevNode | None = None
     api_url: str = ""
+    #: With a price, a shared chain (`steppe chain serve`) runs too; every node charges and pays.
+    price: int = 0
+    fund_wei: int = 10**18
+    chain: Chain | None = None
 
     def __enter__(self) -> Devnet:
         self.start()
@@ -92,6 +162,7 @@ class Devnet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.stop_chain()
 
     def _layout(self) -> None:
         from node.inference.config import ModelConfig
@@ -129,6 +200,15 @@ class Devnet:
             args += ["--bootstrap", bootstrap]
         if node.layers is not None:
             args += ["--layers", f"{node.layers[0]}:{node.layers[1]}"]
+        if self.chain is not None:
+            args += [
+                "--chain-rpc",
+                self.chain.url,
+                "--contract",
+                self.chain.contract,
+                "--price",
+                str(self.price),
+            ]
         args += ["--api", f"127.0.0.1:{node.api_port}"]
         args += self.extra_args.get(node.name, [])
         node.log_path = node.home / "node.log"
@@ -146,6 +226,14 @@ class Devnet:
         self._layout()
         assert self.gateway is not None
         self.api_url = self.gateway.api_url
+        if self.price:
+            assert self.root is not None
+            self.chain = Chain(self.root / "chain", free_port())
+            try:
+                self.chain.start([self.address(n) for n in [*self.members, self.gateway]], self.fund_wei)
+            except BaseException:
+                self.chain.stop()
+                raise
         boot = self.members[0].addr
         for i, node in enumerate(self.members):
             self.spawn(node, bootstrap=None if i == 0 else boot)
@@ -154,6 +242,7 @@ class Devnet:
             self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
+            self.stop_chain()
             raise
 
     def wait_ready(self, timeout_s: float, serving: int | None = None) -> None:
@@ -174,6 +263,10 @@ class Devnet:
                 pass
             time.sleep(0.5)
         raise DevnetError(f"the gateway saw {seen} of {want} serving nodes after {timeout_s:.0f} s")
+
+    @staticmethod
+    def address(node: DevNode) -> str:
+        return load_identity(node.home).evm_address
 
     def status(self, node: DevNode) -> dict:
         """The node's ``/status`` JSON. Raises `httpx.HTTPError`."""
@@ -197,3 +290,8 @@ class Devnet:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+    def stop_chain(self) -> None:
+        """Stop the chain too (after `stop`: nodes settle on the chain while they shut down)."""
+        if self.chain is not None:
+            self.chain.stop()

@@ -73,4 +73,6 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream=None)
 
 
 def get_logger(name: str, **bound) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name).bind(**bound)
+    """A logger named ``name`` with ``bound`` key/values. Lazy: safe to call at import, before
+    `configure_logging` (binding eagerly would freeze structlog's default configuration into it)."""
+    return structlog.get_logger(name, **bound)

@@ -21,6 +21,7 @@ from node.config import Config
 from node.gateway import Gateway
 from node.logging import get_logger
 from node.openai_api import OpenAIApp
+from node.payments import Payments, PaymentSettings, start_payments
 from node.serving import InferService
 from protocol.advert import AdvertBody, ModelRef
 from protocol.errors import ConfigError
@@ -44,6 +45,9 @@ class ModelSettings:
     client: ClientSettings = field(default_factory=ClientSettings)
     #: Tests and the simulator only: return perturbed activations like a dishonest provider.
     lie: bool = False
+    #: None: serve for free and pay nobody (only free providers are used).
+    payments: PaymentSettings | None = None
+    credit_steps: int = 1
 
 
 def parse_layers(spec: str, num_layers: int) -> tuple[int, int]:
@@ -68,6 +72,7 @@ def model_settings_of(config: Config, **overrides) -> ModelSettings | None:
     num_layers = ModelConfig.load(path).num_layers
     layers = parse_layers(config.model.layers, num_layers) if config.model.layers else None
     settings = ModelSettings(
+        credit_steps=config.pricing.credit_steps,
         path=path,
         layers=layers,
         devices=None if config.model.device == "auto" else config.model.device,
@@ -88,6 +93,7 @@ class ModelParts:
     openai: OpenAIApp | None = None
     tokens_per_s: float = 0.0
     latencies_ms: dict[str, float] = field(default_factory=dict)
+    payments: Payments | None = None
 
     def status(self) -> dict:
         out: dict = {
@@ -116,6 +122,8 @@ class ModelParts:
                 "requests": self.openai.requests,
                 "tokens_generated": self.openai.tokens_generated,
             }
+        if self.payments is not None:
+            out["payments"] = self.payments.status()
         return out
 
 
@@ -145,6 +153,9 @@ async def start_model_services(node: Node, settings: ModelSettings, nursery: tri
     sha = await trio.to_thread.run_sync(model_reference, settings.path)
     ref = ModelRef(name=settings.path.name, sha256=bytes.fromhex(sha), num_layers=cfg.num_layers)
     parts = ModelParts(model=ref)
+    if settings.payments is not None:
+        parts.payments = await start_payments(node.identity, settings.payments)
+        await nursery.start(parts.payments.run)
     if settings.layers is not None:
         start, end = settings.layers
         devices = parse_devices(settings.devices)
@@ -159,6 +170,7 @@ async def start_model_services(node: Node, settings: ModelSettings, nursery: tri
             max_context=settings.max_context,
             dtype=settings.dtype,
         )
+        devices = list(shard.shard.devices)  # what auto-detection picked, on the worker thread
         parts.tokens_per_s = await measure_tokens_per_s(shard)
         log.info(
             "shard_ready",
@@ -166,7 +178,15 @@ async def start_model_services(node: Node, settings: ModelSettings, nursery: tri
             seconds=round(time.monotonic() - t0, 2),
             tokens_per_s=round(parts.tokens_per_s, 1),
         )
-        parts.service = InferService(node.identity, shard, ref.sha256, lie=settings.lie)
+        parts.service = InferService(
+            node.identity,
+            shard,
+            ref.sha256,
+            lie=settings.lie,
+            payments=parts.payments,
+            price_wei_per_token_layer=settings.price_wei_per_token_layer if parts.payments is not None else 0,
+            credit_steps=settings.credit_steps,
+        )
         parts.service.install(node.p2p.host)
         node.p2p.set_advert_body(_advert_body(parts, settings, devices))
         nursery.start_soon(_refresh_capacity, node, parts, settings, devices)
@@ -176,6 +196,7 @@ async def start_model_services(node: Node, settings: ModelSettings, nursery: tri
         lambda: node.p2p.view.adverts(node.p2p.clock.now_ms()),
         latency_ms=parts.latencies_ms.get,
         settings=settings.client,
+        payer=parts.payments.sender if parts.payments is not None else None,
     )
     parts.gateway = Gateway(settings.path, ref, client, max_context=settings.max_context)
     parts.openai = OpenAIApp(parts.gateway)
@@ -187,6 +208,7 @@ def _advert_body(parts: ModelParts, settings: ModelSettings, devices: list[str])
     shard = parts.shard
     assert shard is not None and settings.layers is not None
     engine = shard.shard
+    paid = parts.payments
     return AdvertBody(
         addrs=(),
         model=parts.model,
@@ -199,7 +221,9 @@ def _advert_body(parts: ModelParts, settings: ModelSettings, devices: list[str])
         tokens_per_s=round(parts.tokens_per_s, 2),
         free_cache_tokens=engine.free_cache_tokens,
         free_sessions=engine.max_sessions - len(engine.sessions),
-        price_wei_per_token_layer=settings.price_wei_per_token_layer,
+        price_wei_per_token_layer=settings.price_wei_per_token_layer if paid is not None else 0,
+        chain_id=paid.chain_id if paid is not None else 0,
+        contract=paid.contract if paid is not None else "",
     )
 
 

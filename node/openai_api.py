@@ -84,6 +84,10 @@ class OpenAIApp:
             raise ApiError(404, f"no route {method} {path}", "invalid_request_error", "not_found")
         except ApiError as exc:
             await _json(send, exc.status, exc.body())
+        except Exception as exc:  # the boundary of the HTTP server: log our bug, answer 500, keep serving
+            log.exception("api_internal_error", path=path)
+            err = ApiError(500, f"internal error: {type(exc).__name__}: {exc}"[:500], "api_error", "internal")
+            await _json(send, 500, err.body())
 
     def models(self) -> dict:
         g = self.gateway

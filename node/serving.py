@@ -20,6 +20,7 @@ from node.inference.shard import SessionError
 from node.inference.worker import AsyncShard
 from node.logging import get_logger
 from node.p2p.streams import FramedStream, ProtocolServer, StreamProtocol
+from node.payments import PaymentRequired, Payments, StepBilling
 from protocol import infer
 from protocol.errors import MalformedMessage
 from protocol.hidden import decode_hidden_untrusted, encode_hidden
@@ -63,12 +64,18 @@ class InferService:
         *,
         idle_timeout_s: float = 60.0,
         lie: bool = False,
+        payments: Payments | None = None,
+        price_wei_per_token_layer: int = 0,
+        credit_steps: int = 1,
     ) -> None:
         self.identity = identity
         self.shard = shard
         self.model_sha256 = model_sha256
         self.protocol = infer_protocol(idle_timeout_s)
         self.lie = lie
+        self.payments = payments if price_wei_per_token_layer > 0 else None
+        self.price = price_wei_per_token_layer
+        self.credit_steps = credit_steps
         self.stats = ServingStats()
         self.accepting = True
         cfg = shard.shard.config
@@ -114,7 +121,10 @@ class InferService:
         self.stats.sessions_active += 1
         try:
             start, end = self.layers
-            await reply(infer.SessionOpened(start, end, self.shard.has_head, request.max_tokens))
+            payee = self.payments.client.address if self.payments is not None else ""
+            await reply(
+                infer.SessionOpened(start, end, self.shard.has_head, request.max_tokens, self.price, payee)
+            )
             await self._steps(stream, opener, reply, sid, request)
         finally:
             self.stats.sessions_active -= 1
@@ -137,6 +147,10 @@ class InferService:
     async def _steps(
         self, stream: FramedStream, opener: Opener, reply, sid: int, request: infer.OpenSession
     ) -> None:
+        start, end = self.layers
+        billing = None
+        if self.payments is not None:
+            billing = StepBilling(self.payments, self.price * (end - start), self.credit_steps)
         while True:
             frame = await stream.receive()
             if frame is None:
@@ -154,6 +168,14 @@ class InferService:
                 inputs = np.asarray(msg.tokens, dtype=np.int32)
             else:
                 inputs = decode_hidden_untrusted(msg.hidden, self.max_hidden_bytes)
+            if billing is not None:
+                try:
+                    # The voucher is on disk before the step runs and long before it is answered.
+                    await billing.charge(int(inputs.shape[0]), msg.voucher)
+                except PaymentRequired as exc:
+                    self.stats.refused["payment"] += 1
+                    await reply(infer.InferError("payment", str(exc)[:500]))
+                    continue
             t0 = time.perf_counter()
             try:
                 out = await self.shard.forward(sid, inputs, msg.start_pos)

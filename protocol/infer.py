@@ -20,6 +20,7 @@ import msgspec
 
 from . import codec
 from .errors import MalformedMessage
+from .voucher import VOUCHER_WIRE_SIZE
 
 PROTOCOL_ID = "/steppe/infer/1"
 #: Largest sealed body: a prefill chunk of hidden states or a row of logits fits with room to spare.
@@ -76,6 +77,9 @@ class SessionOpened(codec.Message, frozen=True):
     layer_end: Layer
     has_head: bool
     max_tokens: Count
+    #: What each row through each layer costs (0: free), and whom to pay; the advert says the same.
+    price_wei_per_token_layer: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    payee: Annotated[str, msgspec.Meta(pattern=r"^(0x[0-9a-fA-F]{40})?$")] = ""
 
 
 @codec.register
@@ -83,6 +87,7 @@ class Forward(codec.Message, frozen=True):
     """Run rows at positions [start_pos, start_pos + n). Exactly one of ``tokens`` / ``hidden`` is set.
 
     ``hidden`` is a `protocol.hidden` message. ``last_only`` asks the head hop for the last row's logits only.
+    ``voucher`` (a `protocol.voucher.Voucher` in its wire form, or empty) pays for this step.
     """
 
     TYPE_ID = 63
@@ -92,6 +97,7 @@ class Forward(codec.Message, frozen=True):
     tokens: Annotated[tuple[Count, ...], msgspec.Meta(max_length=MAX_ROWS)] = ()
     hidden: bytes = b""
     last_only: bool = True
+    voucher: Annotated[bytes, msgspec.Meta(max_length=VOUCHER_WIRE_SIZE)] = b""
 
     def __post_init__(self) -> None:
         if bool(self.tokens) == bool(self.hidden):

@@ -38,3 +38,12 @@ def test_debug_level_lets_libp2p_speak() -> None:
 def test_an_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("json", "loud")
+
+
+def test_a_logger_made_before_configuration_follows_the_configuration() -> None:
+    early = get_logger("steppe.early", part="x")
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    early.info("after_configure")
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert line["event"] == "after_configure" and line["part"] == "x" and line["logger"] == "steppe.early"
