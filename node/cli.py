@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -227,22 +225,30 @@ def demo(
     nodes: Annotated[int, typer.Option("--nodes")] = 3,
     prompt: Annotated[str, typer.Option("--prompt")] = DEMO_PROMPT,
     max_tokens: Annotated[int, typer.Option("--max-tokens")] = 24,
+    price: Annotated[int, typer.Option("--price", help="Wei per token per layer (0: free, no chain).")] = 10
+    ** 12,
 ) -> None:
-    """The whole story in one command: a model, a 3-node devnet, a sealed distributed generation."""
+    """The whole story in one command: a model, a chain, a 3-node devnet, a sealed, paid generation."""
     from node.ask import ask_api
     from node.devnet import Devnet
 
     console.rule("[bold]Steppe demo")
     model_dir = _demo_model(model)
-    net = Devnet(model=model_dir, nodes=nodes)
-    with console.status(f"starting {nodes} volunteer nodes and a gateway on 127.0.0.1 …"):
+    net = Devnet(model=model_dir, nodes=nodes, price=price)
+    with console.status(f"starting a chain, {nodes} volunteer nodes and a gateway on 127.0.0.1 …"):
         net.start()
     try:
+        if net.chain is not None:
+            console.print(
+                f"chain {net.chain.url} (id {net.chain.chain_id}), PaymentChannels at {net.chain.contract}"
+            )
         for n in net.members:
             console.print(
                 f"node [bold]{n.name}[/bold] {n.peer_id}  serves layers {n.layers[0]}:{n.layers[1]}"
             )
-        console.print(f"gateway API {net.api_url}/v1 (OpenAI-compatible)")
+        console.print(
+            f"gateway API {net.api_url}/v1 (OpenAI-compatible), price {price} wei per token per layer"
+        )
         console.print(f"[bold]prompt[/bold]  {prompt}")
         console.print("[bold]answer[/bold]  ", end="")
         stats = ask_api(
@@ -250,27 +256,69 @@ def demo(
         )
         console.print("[dim](random weights: the words are noise; the route and the numbers are real)[/dim]")
         _print_stats(stats)
+        if net.chain is not None:
+            _print_payments(net, stats)
     finally:
-        with console.status("stopping the devnet …"):
+        with console.status("stopping the devnet (providers settle their channels on chain) …"):
             net.stop()
+    try:
+        if net.chain is not None:
+            _print_settlement(net)
+    finally:
+        net.stop_chain()
     console.print("[bold green]demo finished[/bold green]")
 
 
-# Command groups owned by other parts. Each module exposes `register(app)`.
-_COMMAND_MODULES = (
-    "node.p2p.cli",
-    "node.inference.cli",
-    "node.ledger.cli",
-)
+def _print_payments(net, stats: dict) -> None:
+    console.print(f"[bold]paid[/bold]    {stats.get('paid_wei', 0)} wei in vouchers, one per hop per step")
+    for n in net.members:
+        pay = net.status(n)["model"]["payments"]
+        channels = ", ".join(f"#{c['channel']} deposit {c['deposit']}" for c in pay["open_channels_in"])
+        console.print(f"  {n.name} earned {pay['earned_wei']} wei (vouchers on disk; channel {channels})")
+
+
+def _print_settlement(net) -> None:
+    from node.ledger.channels import ChannelClient
+    from node.ledger.embedded import dev_key
+
+    ledger = net.chain.ledger()
+    try:
+        client = ChannelClient(ledger, net.chain.contract, dev_key(0))
+        names = {net.address(n): n.name for n in [*net.members, net.gateway]}
+        opened = {}
+        for event in client.events():
+            if event.name == "ChannelOpened":
+                opened[event.args["channelId"]] = event.args
+                console.print(
+                    f"[bold]open[/bold]    channel #{event.args['channelId']} gateway → "
+                    f"{names.get(event.args['payee'], event.args['payee'])}, deposit {event.args['deposit']} wei "
+                    f"(tx {event.tx_hash.hex()[:16]}…)"
+                )
+            elif event.name == "ChannelClosed":
+                payee = opened.get(event.args["channelId"], {}).get("payee", "?")
+                console.print(
+                    f"[bold]settle[/bold]  channel #{event.args['channelId']}: {event.args['paid']} wei to "
+                    f"{names.get(payee, payee)}, {event.args['refunded']} wei back to the gateway "
+                    f"(tx {event.tx_hash.hex()[:16]}…)"
+                )
+        for address, name in names.items():
+            funded = net.chain.funded.get(address, 0)
+            delta = ledger.balance(address) - funded
+            console.print(f"  {name:8} balance change {delta:+} wei (gas included)")
+    finally:
+        ledger.close()
+
+
+# Command groups owned by other parts register through the "steppe.commands" entry points (see
+# pyproject.toml): each names a `register(app)` function. This keeps node/ from importing sim/.
+COMMAND_GROUP = "steppe.commands"
 
 
 def _register_all() -> None:
-    for name in _COMMAND_MODULES:
-        if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None:
-            continue
-        if importlib.util.find_spec(name) is None:
-            continue
-        importlib.import_module(name).register(app)
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load()(app)
 
 
 _register_all()

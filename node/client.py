@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -187,7 +186,7 @@ class HopSession:
         else:
             hidden = encode_hidden(rows, wire_dtype)
             msg = infer.Forward(start_pos, hidden=hidden, last_only=last_only, voucher=voucher)
-        t0 = time.perf_counter()
+        t0 = trio.current_time()
         reply = await self._call(msg)
         if not isinstance(reply, infer.ForwardResult):
             raise HopFailed(self.hop.peer_id, f"unexpected {type(reply).__name__}")
@@ -200,7 +199,7 @@ class HopSession:
             raise HopFailed(self.hop.peer_id, f"answered {out.shape[0]} rows for {expected_rows}")
         self.has_head = reply.is_logits
         self.stats.steps += 1
-        self.stats.wall_s += time.perf_counter() - t0
+        self.stats.wall_s += trio.current_time() - t0
         self.stats.compute_s += reply.compute_us / 1e6
         return out
 
@@ -362,25 +361,25 @@ class Client:
         stats = stats if stats is not None else GenerationStats()
         stats.prompt_tokens = len(prompt)
         run = _Run(self, len(prompt) + max_new_tokens, stats)
-        t0 = time.perf_counter()
+        t0 = trio.current_time()
         async with AsyncExitStack() as stack:
             run.stack = stack
             await run.open(self.route(0, self.model.num_layers, run.max_tokens))
             history = list(prompt)
             logits = await run.step(np.asarray(prompt, np.int32), 0)
-            stats.first_token_s = time.perf_counter() - t0
+            stats.first_token_s = trio.current_time() - t0
             for _ in range(max_new_tokens):
                 tok = sampler(logits[-1], history)
                 if sampler.is_stop(tok):
                     break
                 stats.new_tokens += 1
-                stats.wall_s = time.perf_counter() - t0
+                stats.wall_s = trio.current_time() - t0
                 yield tok
                 history.append(tok)
                 if len(history) >= run.max_tokens:
                     break
                 logits = await run.step(np.asarray([tok], np.int32), len(history) - 1)
-            stats.wall_s = time.perf_counter() - t0
+            stats.wall_s = trio.current_time() - t0
             stats.hops = [h.stats for h in run.retired + run.chain]
 
 
@@ -527,7 +526,7 @@ class _Run:
 
     async def _spot_check(self, i: int, pos: int, upto: int, out: np.ndarray) -> tuple[int, np.ndarray]:
         """Compare chain[i]'s output with a second provider's; a third decides a disagreement."""
-        t0 = time.perf_counter()
+        t0 = trio.current_time()
         primary = self.chain[i].hop.peer_id
         try:
             second = await self._check_on([primary], i, pos, upto)
@@ -554,4 +553,4 @@ class _Run:
                 return await self._replace(i, pos, upto)
             return i, out
         finally:
-            self.stats.spot_check_s += time.perf_counter() - t0
+            self.stats.spot_check_s += trio.current_time() - t0

@@ -9,9 +9,10 @@ OpenAI-style requests by routing generations over the peers in its view.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
@@ -48,6 +49,11 @@ class ModelSettings:
     #: None: serve for free and pay nobody (only free providers are used).
     payments: PaymentSettings | None = None
     credit_steps: int = 1
+    #: Replaces tinygrad: ``await load_shard(settings)`` returns an object with `AsyncShard`'s interface
+    #: (the simulator's declared cost-model backend). None: load the checkpoint with tinygrad.
+    load_shard: Callable[[ModelSettings], Awaitable[Any]] | None = None
+    #: The model reference to advertise; None: sha256 over the checkpoint's weight files.
+    model_ref: ModelRef | None = None
 
 
 def parse_layers(spec: str, num_layers: int) -> tuple[int, int]:
@@ -134,10 +140,10 @@ async def measure_tokens_per_s(shard: AsyncShard, steps: int = 8) -> float:
     try:
         rows = np.zeros(1, np.int32) if shard.shard.embed else np.zeros((1, cfg.hidden_size), np.float32)
         await shard.forward(sid, rows, 0)
-        t0 = time.perf_counter()
+        t0 = trio.current_time()
         for pos in range(1, steps + 1):
             await shard.forward(sid, rows, pos)
-        return steps / (time.perf_counter() - t0)
+        return steps / (trio.current_time() - t0)
     finally:
         await shard.close_session(sid)
 
@@ -150,8 +156,10 @@ async def start_model_services(node: Node, settings: ModelSettings, nursery: tri
     from node.inference.worker import AsyncShard
 
     cfg = ModelConfig.load(settings.path)
-    sha = await trio.to_thread.run_sync(model_reference, settings.path)
-    ref = ModelRef(name=settings.path.name, sha256=bytes.fromhex(sha), num_layers=cfg.num_layers)
+    ref = settings.model_ref
+    if ref is None:
+        sha = await trio.to_thread.run_sync(model_reference, settings.path)
+        ref = ModelRef(name=settings.path.name, sha256=bytes.fromhex(sha), num_layers=cfg.num_layers)
     parts = ModelParts(model=ref)
     if settings.payments is not None:
         parts.payments = await start_payments(node.identity, settings.payments)
@@ -161,15 +169,18 @@ async def start_model_services(node: Node, settings: ModelSettings, nursery: tri
         devices = parse_devices(settings.devices)
         log.info("shard_loading", model=ref.name, layers=f"{start}:{end}", devices=devices)
         t0 = time.monotonic()
-        parts.shard = shard = await AsyncShard.load(
-            settings.path,
-            start=start,
-            end=end,
-            devices=devices,
-            max_sessions=settings.max_sessions,
-            max_context=settings.max_context,
-            dtype=settings.dtype,
-        )
+        if settings.load_shard is not None:
+            parts.shard = shard = await settings.load_shard(settings)
+        else:
+            parts.shard = shard = await AsyncShard.load(
+                settings.path,
+                start=start,
+                end=end,
+                devices=devices,
+                max_sessions=settings.max_sessions,
+                max_context=settings.max_context,
+                dtype=settings.dtype,
+            )
         devices = list(shard.shard.devices)  # what auto-detection picked, on the worker thread
         parts.tokens_per_s = await measure_tokens_per_s(shard)
         log.info(

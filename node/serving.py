@@ -9,8 +9,8 @@ closed and its cache slot freed.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +51,8 @@ class ServingStats:
     tokens_served: int = 0
     compute_s: float = 0.0
     refused: Counter[str] = field(default_factory=Counter)
+    #: Called with each step's compute seconds (the metrics' latency histogram attaches here).
+    on_step: Callable[[float], None] | None = None
 
 
 class InferService:
@@ -176,14 +178,14 @@ class InferService:
                     self.stats.refused["payment"] += 1
                     await reply(infer.InferError("payment", str(exc)[:500]))
                     continue
-            t0 = time.perf_counter()
+            t0 = trio.current_time()
             try:
                 out = await self.shard.forward(sid, inputs, msg.start_pos)
             except SessionError as exc:
                 self.stats.refused["session"] += 1
                 await reply(infer.InferError("session", str(exc)))
                 continue
-            elapsed = time.perf_counter() - t0
+            elapsed = trio.current_time() - t0
             if self.shard.has_head and msg.last_only:
                 out = out[-1:]
             if self.lie:
@@ -191,6 +193,8 @@ class InferService:
             self.stats.steps += 1
             self.stats.tokens_served += int(inputs.shape[0])
             self.stats.compute_s += elapsed
+            if self.stats.on_step is not None:
+                self.stats.on_step(elapsed)
             await reply(
                 infer.ForwardResult(
                     encode_hidden(out, "float32" if self.shard.has_head else request.wire_dtype),
