@@ -174,7 +174,16 @@ def env_layer(environ: dict[str, str] | None = None) -> dict[str, dict[str, Any]
 
 
 # STEPPE_* variables that are not config keys (test switches, paths).
-_NON_CONFIG_ENV = frozenset({"STEPPE_SKIP_SLOW", "STEPPE_HOME", "STEPPE_LOG_FORMAT", "STEPPE_LOG_LEVEL"})
+_NON_CONFIG_ENV = frozenset(
+    {
+        "STEPPE_SKIP_SLOW",
+        "STEPPE_HOME",
+        "STEPPE_LOG_FORMAT",
+        "STEPPE_LOG_LEVEL",
+        "STEPPE_CONTRACTS_DIR",
+        "STEPPE_TEST_DEPS",
+    }
+)
 
 
 def load_config(home: Path, flags: dict[str, dict[str, Any]] | None = None) -> Config:
