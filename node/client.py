@@ -327,13 +327,27 @@ class Client:
         )
         self._rng = random.Random(self.settings.seed)
 
+    def _payable(self, advert: SignedAdvert) -> bool:
+        """Free, or priced on the chain and contract our payer pays through."""
+        body = advert.body
+        if body.price_wei_per_token_layer == 0:
+            return True
+        p = self.payer
+        return (
+            p is not None
+            and body.chain_id == p.client.ledger.chain_id
+            and body.contract.lower() == p.client.contract.lower()
+        )
+
     def candidates(self) -> tuple[list[Candidate], dict[str, SignedAdvert]]:
+        """Serving peers of our model that we can pay, with their adverts."""
         adverts = {
             a.peer_id: a
             for a in self._adverts()
             if a.body.model is not None
             and a.body.model.sha256 == self.model.sha256
             and a.body.layer_end > a.body.layer_start
+            and self._payable(a)
         }
         return [Candidate.from_advert(a, self._latency(p)) for p, a in adverts.items()], adverts
 
@@ -364,23 +378,26 @@ class Client:
         t0 = trio.current_time()
         async with AsyncExitStack() as stack:
             run.stack = stack
-            await run.open(self.route(0, self.model.num_layers, run.max_tokens))
-            history = list(prompt)
-            logits = await run.step(np.asarray(prompt, np.int32), 0)
-            stats.first_token_s = trio.current_time() - t0
-            for _ in range(max_new_tokens):
-                tok = sampler(logits[-1], history)
-                if sampler.is_stop(tok):
-                    break
-                stats.new_tokens += 1
+            try:
+                await run.open(self.route(0, self.model.num_layers, run.max_tokens))
+                history = list(prompt)
+                logits = await run.step(np.asarray(prompt, np.int32), 0)
+                stats.first_token_s = trio.current_time() - t0
+                for _ in range(max_new_tokens):
+                    tok = sampler(logits[-1], history)
+                    if sampler.is_stop(tok):
+                        break
+                    stats.new_tokens += 1
+                    stats.wall_s = trio.current_time() - t0
+                    yield tok
+                    history.append(tok)
+                    if len(history) >= run.max_tokens:
+                        break
+                    logits = await run.step(np.asarray([tok], np.int32), len(history) - 1)
+            finally:
+                # Also when the consumer stops early (a stop string) or a hop failure ends the generation.
                 stats.wall_s = trio.current_time() - t0
-                yield tok
-                history.append(tok)
-                if len(history) >= run.max_tokens:
-                    break
-                logits = await run.step(np.asarray([tok], np.int32), len(history) - 1)
-            stats.wall_s = trio.current_time() - t0
-            stats.hops = [h.stats for h in run.retired + run.chain]
+                stats.hops = [h.stats for h in run.retired + run.chain]
 
 
 class _Run:
