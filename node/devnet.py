@@ -264,6 +264,20 @@ class Devnet:
             time.sleep(0.5)
         raise DevnetError(f"the gateway saw {seen} of {want} serving nodes after {timeout_s:.0f} s")
 
+    def wait_serving(self, node: DevNode, timeout_s: float = 120.0) -> None:
+        """Until ``node`` itself reports its shard loaded and served. Raises `DevnetError`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if node.proc is not None and node.proc.poll() is not None:
+                raise DevnetError(f"{node.name} exited with {node.proc.returncode}; see {node.log_path}")
+            try:
+                if "serving" in self.status(node).get("model", {}):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise DevnetError(f"{node.name} did not start serving within {timeout_s:.0f} s")
+
     @staticmethod
     def address(node: DevNode) -> str:
         return load_identity(node.home).evm_address

@@ -83,3 +83,60 @@ def test_a_client_that_stops_paying_is_cut_off_within_its_credit(tiny_model, tmp
             unpaid = PRICE * layers * serving["tokens_served"] - st["payments"]["earned_wei"]
             assert 0 <= unpaid <= PRICE * layers * 1  # at most one decode step (one row) on credit
         assert refusals >= 1
+
+
+def test_a_provider_killed_mid_generation_settles_exactly_the_last_voucher_it_stored(
+    tiny_model, oracle, tmp_path
+) -> None:
+    import json
+
+    from node.ledger.store import VoucherStore
+
+    n = 30
+    _, want = oracle(PROMPT, n)
+    split = [(0, 2), (2, 4), (2, 4), (4, 6)]
+    net = Devnet(model=tiny_model, root=tmp_path / "net", layer_split=split, price=PRICE)
+    net.start()
+    try:
+        pair = net.members[1:3]
+        body = {
+            "model": "tiny-gen",
+            "prompt": PROMPT,
+            "max_tokens": n,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        text, stats, killed = "", {}, None
+        with httpx.stream("POST", net.api_url + "/v1/completions", json=body, timeout=120) as reply:
+            for line in reply.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                assert "error" not in event, event
+                text += "".join(c["text"] for c in event["choices"])
+                stats = event.get("steppe", stats)
+                if killed is None and len(text) > 3:
+                    killed = next(m for m in pair if net.status(m)["model"]["serving"]["sessions_active"] > 0)
+                    net.kill(killed)
+        assert text == want and stats["failovers"] == 1
+        # What the killed provider had persisted (it acknowledged nothing it had not stored first).
+        store = VoucherStore(killed.home / "payments" / "vouchers.sqlite")
+        stored = {s.channel_id: s.paid for s in store.open_channels()}
+        store.close()
+        assert len(stored) == 1 and next(iter(stored.values())) > 0
+        paid_by_client = sum(h["paid_wei"] for h in stats["hops"] if h["peer_id"] == killed.peer_id)
+        step = PRICE * 2  # one decode row through its two layers
+        assert paid_by_client - step <= next(iter(stored.values())) <= paid_by_client
+        # Restart it: it comes back with its store and, when it stops, settles that voucher exactly.
+        net.spawn(killed, bootstrap=net.members[0].addr)
+        net.wait_serving(killed)
+    finally:
+        net.stop()
+    try:
+        client = ChannelClient(net.chain.ledger(), net.chain.contract, dev_key(0))
+        closed = {e.args["channelId"]: e.args["paid"] for e in client.events() if e.name == "ChannelClosed"}
+        for channel, amount in stored.items():
+            assert closed[channel] == amount
+    finally:
+        net.stop_chain()
