@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+
+from node.p2p.clock import WallClock
+from node.p2p.discovery import AdvertRecordValidator, Discovery, advert_value_key, blocks_of, provider_key
+from node.p2p.gossip import TOPIC
+from protocol.advert import AdvertBody, encode_advert, make_advert
+from protocol.identity import Identity
+
+from .p2p_driver import MODEL, model_body, open_swarm, open_test_node, view_ids, wait_for
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "blocks"),
+    [(0, 8, [0]), (0, 9, [0, 1]), (4, 12, [0, 1]), (8, 16, [1]), (3, 3, []), (15, 16, [1])],
+)
+def test_a_layer_range_maps_to_every_block_it_touches(start: int, end: int, blocks: list[int]) -> None:
+    assert list(blocks_of(start, end)) == blocks
+
+
+def test_provider_keys_differ_per_model_and_block_and_are_sha256_multihashes() -> None:
+    keys = {provider_key(MODEL.sha256, b) for b in range(4)} | {provider_key(bytes(32), 0)}
+    assert len(keys) == 5 and all(k.startswith("1220") and len(k) == 68 for k in keys)
+
+
+def test_the_dht_advert_validator_accepts_only_a_valid_advert_under_its_own_key() -> None:
+    clock = WallClock()
+    alice, bob = Identity.from_int(1), Identity.from_int(2)
+    validator = AdvertRecordValidator(clock)
+    old = encode_advert(make_advert(alice, AdvertBody(addrs=()), seq=1, now_ms=clock.now_ms()))
+    new = encode_advert(make_advert(alice, AdvertBody(addrs=()), seq=2, now_ms=clock.now_ms()))
+    validator.validate(advert_value_key(alice.peer_id), new)
+    assert validator.select(advert_value_key(alice.peer_id), [old, b"junk", new]) == 2
+    with pytest.raises(ValueError):
+        validator.validate(advert_value_key(bob.peer_id), new)
+    with pytest.raises(ValueError):
+        validator.validate(advert_value_key(alice.peer_id), new[:-1] + bytes([new[-1] ^ 1]))
+
+
+async def test_a_newcomer_without_gossip_finds_a_blocks_providers_through_the_dht_alone() -> None:
+    bodies = {1: model_body(0, 8), 2: model_body(4, 16), 3: model_body(8, 16)}
+    async with open_swarm(4, bodies=bodies) as nodes:
+        await wait_for(lambda: all(len(view_ids(n)) == 3 for n in nodes), 15)
+        async with open_test_node(9, bootstrap=(nodes[0].p2p.addrs()[0],), gossip=False) as late:
+            await wait_for(lambda: late.p2p.discovery.routing_table_size() >= 1, 10)
+            for block, expected in (
+                (0, {nodes[1].peer_id, nodes[2].peer_id}),
+                (1, {nodes[2].peer_id, nodes[3].peer_id}),
+            ):
+                found = []
+                for _ in range(20):
+                    found = await late.p2p.find_providers(MODEL.sha256, block)
+                    if {a.peer_id for a in found} == expected:
+                        break
+                ids = [a.peer_id for a in found]
+                assert set(ids) == expected and len(ids) == len(set(ids))
+            assert view_ids(late) == {nodes[1].peer_id, nodes[2].peer_id, nodes[3].peer_id}
+            assert TOPIC not in late.p2p.gossip.pubsub.topic_ids  # it never joined the gossip topic
+
+
+async def test_the_routing_table_is_filled_from_connected_peers() -> None:
+    async with open_swarm(3) as nodes:
+        await wait_for(lambda: all(n.p2p.discovery.routing_table_size() >= 2 for n in nodes), 15)
+        assert isinstance(nodes[0].p2p.discovery, Discovery)

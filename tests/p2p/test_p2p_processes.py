@@ -1,0 +1,141 @@
+"""Real `steppe run` processes on 127.0.0.1: adverts spread, a killed node is forgotten, DHT-only discovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from node.keystore import create_identity
+
+from .p2p_driver import MODEL, free_port
+
+STEPPE = str(Path(sys.executable).parent / "steppe")
+TTL_S = 6
+
+
+class Proc:
+    def __init__(self, home: Path, *, bootstrap: str | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.peer_id = create_identity(home).peer_id
+        self.port, api_port = free_port(), free_port()
+        self.api = f"http://127.0.0.1:{api_port}"
+        self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+        args = [STEPPE, "--log-format", "json", "--log-level", "warning", "run", "--home", str(home)]
+        args += ["--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--api", f"127.0.0.1:{api_port}"]
+        args += ["--advert-ttl", str(TTL_S), "--republish", "2", *extra]
+        if bootstrap:
+            args += ["--bootstrap", bootstrap]
+        self.log = open(home / "node.log", "wb")  # closed in stop()
+        self.popen = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def status(self, client: httpx.AsyncClient) -> dict | None:
+        try:
+            reply = await client.get(self.api + "/status", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return reply.json() if reply.status_code == 200 else None
+
+    def stop(self) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return None
+        finally:
+            self.log.close()
+
+
+def fake_model(start: int, end: int) -> tuple[str, ...]:
+    return ("--fake-model", f"{MODEL.name}:{MODEL.sha256.hex()}:{MODEL.num_layers}:{start}:{end}")
+
+
+async def views(procs: list[Proc], client: httpx.AsyncClient) -> list[set[str] | None]:
+    out = []
+    for p in procs:
+        st = await p.status(client)
+        out.append(None if st is None else {a["peer_id"] for a in st["adverts"]})
+    return out
+
+
+@pytest.mark.slow  # ~25 s alone, up to a minute on a busy 2-core machine
+@pytest.mark.skipif(not os.path.exists(STEPPE), reason="the steppe console script is not installed")
+async def test_five_processes_see_each_other_forget_a_killed_one_and_a_late_one_uses_the_dht(
+    tmp_path: Path,
+) -> None:
+    procs: list[Proc] = []
+    try:
+        boot = Proc(tmp_path / "n0")
+        procs.append(boot)
+        ranges = [(0, 8), (0, 8), (8, 16), (4, 12)]
+        for i, (start, end) in enumerate(ranges, start=1):
+            procs.append(Proc(tmp_path / f"n{i}", bootstrap=boot.addr, extra=fake_model(start, end)))
+        ids = [p.peer_id for p in procs]
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(60):  # process start-up (imports) on a loaded machine
+                while None in await views(procs, client):
+                    await trio.sleep(0.3)
+            start = time.monotonic()
+            seen: list = []
+            with trio.move_on_after(15):
+                while True:
+                    seen = await views(procs, client)
+                    if all(v == set(ids) - {pid} for v, pid in zip(seen, ids, strict=True)):
+                        break
+                    await trio.sleep(0.3)
+            spread_s = time.monotonic() - start
+            assert spread_s < 15, f"views after 15 s: {[sorted(v or ()) for v in seen]} of {ids}"
+
+            # SIGKILL a provider: no goodbye; its advert must leave every view once its TTL runs out.
+            victim = procs.pop(2)
+            victim.popen.kill()
+            victim.popen.wait()
+            victim.log.close()
+            with trio.fail_after(TTL_S + 12):
+                while any(v is None or victim.peer_id in v for v in await views(procs, client)):
+                    await trio.sleep(0.3)
+
+            # A late node that never joins the gossip topic finds block 0's providers through the DHT.
+            late = Proc(tmp_path / "late", bootstrap=boot.addr, extra=("--no-gossip",))
+            procs.append(late)
+            want = {ids[1]}  # n1 serves 0:8 (n2, also 0:8, was killed); n4 serves 4:12 -> blocks 0 and 1
+            want.add(ids[4])
+            with trio.fail_after(60):
+                while True:
+                    try:
+                        reply = await client.get(
+                            f"{late.api}/providers",
+                            params={"model": MODEL.sha256.hex(), "block": "0"},
+                            timeout=30,
+                        )
+                        if reply.status_code == 200 and set(reply.json()["providers"]) == want:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await trio.sleep(0.5)
+            late_status = await late.status(client)
+            assert late_status is not None and not late_status["gossip"]["enabled"]
+            assert {a["peer_id"] for a in late_status["adverts"]} >= want
+
+            # `steppe status` renders what the API serves.
+            out = await trio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [STEPPE, "status", "--api", boot.api], capture_output=True, text=True, timeout=30
+                )
+            )
+            assert out.returncode == 0 and ids[1] in out.stdout and "rejected" in out.stdout
+        codes = [p.stop() for p in procs]
+        assert codes == [0] * len(procs), codes
+    finally:
+        for p in procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait()
