@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 from libp2p.abc import ITransport
 
@@ -51,6 +52,20 @@ class Node:
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
+
+    async def drain(self, grace_s: float) -> int:
+        """The first half of a graceful stop: refuse new sessions, advertise no free slots, and wait up to
+        ``grace_s`` for open sessions to finish. Returns how many were still open (closed on exit)."""
+        service = self.model.service if self.model is not None else None
+        if service is None:
+            return 0
+        service.accepting = False
+        self.model.draining = True
+        self.p2p.set_advert_body(msgspec.structs.replace(self.p2p.advert_body, free_sessions=0))
+        with trio.move_on_after(grace_s):
+            while service.stats.sessions_active:
+                await trio.sleep(0.1)
+        return service.stats.sessions_active
 
     def status(self) -> dict:
         out = self.p2p.status()

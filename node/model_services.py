@@ -100,6 +100,8 @@ class ModelParts:
     tokens_per_s: float = 0.0
     latencies_ms: dict[str, float] = field(default_factory=dict)
     payments: Payments | None = None
+    #: Set when the node stops: it takes no new sessions and advertises no free slots.
+    draining: bool = False
 
     def status(self) -> dict:
         out: dict = {
@@ -231,7 +233,7 @@ def _advert_body(parts: ModelParts, settings: ModelSettings, devices: list[str])
         device=",".join(devices)[:64],
         tokens_per_s=round(parts.tokens_per_s, 2),
         free_cache_tokens=engine.free_cache_tokens,
-        free_sessions=engine.max_sessions - len(engine.sessions),
+        free_sessions=0 if parts.draining else engine.max_sessions - len(engine.sessions),
         price_wei_per_token_layer=settings.price_wei_per_token_layer if paid is not None else 0,
         chain_id=paid.chain_id if paid is not None else 0,
         contract=paid.contract if paid is not None else "",

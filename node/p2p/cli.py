@@ -76,6 +76,9 @@ def run(
         typer.Option("--price-weight", help="As a gateway: ms of latency one wei per token is worth (λ)."),
     ] = 0.0,
     lie: Annotated[bool, typer.Option("--lie", hidden=True)] = False,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds to let open sessions finish when stopping.")
+    ] = 30.0,
     chain_rpc: Annotated[
         str | None,
         typer.Option("--chain-rpc", help="EVM JSON-RPC URL for payments (e.g. `steppe chain serve`)."),
@@ -160,12 +163,48 @@ def run(
                 config, identity, p2p=settings, advert_body=body, api=api_addr, model=model_settings
             ) as node:
                 log.info("node_running", peer_id=node.peer_id, addrs=node.p2p.addrs(), api=node.api_url)
+                _summary(node)
                 async for signum in signals:
-                    log.info("node_stopping", signal=signal.Signals(signum).name)
+                    log.info("node_stopping", signal=signal.Signals(signum).name, grace_s=grace)
                     break
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_force_on_second_signal, signals, log)
+                    left = await node.drain(grace)
+                    if left:
+                        log.warning("sessions_cut_at_shutdown", sessions=left)
+                    nursery.cancel_scope.cancel()
+            # Leaving open_node withdrew the advert, closed streams and settled what was due.
         log.info("node_stopped")
 
     trio.run(main)
+
+
+async def _force_on_second_signal(signals, log) -> None:
+    """A second Ctrl-C (or SIGTERM) does not wait: vouchers are already on disk, settlement resumes at
+    the next start."""
+    import os
+
+    async for signum in signals:
+        log.warning("node_forced_exit", signal=signal.Signals(signum).name)
+        os._exit(130)
+
+
+def _summary(node) -> None:
+    """One line a volunteer reads at start: who, where, what it serves, on which device, how fast."""
+    import sys
+
+    parts = node.model
+    what = "a DHT/gossip node"
+    if parts is not None and parts.shard is not None:
+        engine = parts.shard.shard
+        what = (
+            f"layers {engine.start}:{engine.end} of {parts.model.name} on {','.join(engine.devices)} "
+            f"at {parts.tokens_per_s:.0f} tokens/s"
+        )
+    elif parts is not None:
+        what = f"a gateway for {parts.model.name}"
+    api = f", API {node.api_url}" if node.api_url else ""
+    print(f"steppe node {node.peer_id}: {what}{api}", file=sys.stderr, flush=True)
 
 
 def status(

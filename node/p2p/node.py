@@ -84,6 +84,11 @@ class P2PNode:
 
     # -- the advert --
 
+    @property
+    def advert_body(self) -> AdvertBody:
+        """What this node advertises now (before its addresses and software are filled in)."""
+        return self._body
+
     def set_advert_body(self, body: AdvertBody) -> None:
         """Replace what this node advertises (``addrs`` is filled in here); republished at once."""
         self._body = body
