@@ -158,10 +158,30 @@ def run(
     log = get_logger("steppe.run")
 
     async def main() -> None:
+        from contextlib import AsyncExitStack, nullcontext
+
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        loading = nullcontext()
+        if console.is_terminal and model_settings is not None and model_settings.layers is not None:
+            a, b = model_settings.layers
+            loading = console.status(
+                f"loading layers {a}:{b} of {model_settings.path.name}, compiling, measuring …"
+            )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_node(
-                config, identity, p2p=settings, advert_body=body, api=api_addr, model=model_settings
-            ) as node:
+            async with AsyncExitStack() as stack:
+                with loading:
+                    node = await stack.enter_async_context(
+                        open_node(
+                            config,
+                            identity,
+                            p2p=settings,
+                            advert_body=body,
+                            api=api_addr,
+                            model=model_settings,
+                        )
+                    )
                 log.info("node_running", peer_id=node.peer_id, addrs=node.p2p.addrs(), api=node.api_url)
                 _summary(node)
                 async for signum in signals:
