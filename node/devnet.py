@@ -7,6 +7,7 @@ holds the model's tokenizer, no layers, and serves the OpenAI-compatible API.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,6 +264,22 @@ class Devnet:
                 pass
             time.sleep(0.5)
         raise DevnetError(f"the gateway saw {seen} of {want} serving nodes after {timeout_s:.0f} s")
+
+    def stream_completion(self, body: dict, timeout_s: float = 120.0) -> Iterator[tuple[str, dict]]:
+        """POST a streaming ``/v1/completions`` to the gateway; yield ``(text so far, stats so far)`` per
+        event (stats: the ``steppe`` part of the final usage chunk). Raises `DevnetError` on an error event."""
+        text, stats = "", {}
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", self.api_url + "/v1/completions", json=body, timeout=timeout_s) as reply:
+            for line in reply.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise DevnetError(f"the gateway answered an error: {event['error']}")
+                text += "".join(choice["text"] for choice in event["choices"])
+                stats = event.get("steppe", stats)
+                yield text, stats
 
     def wait_serving(self, node: DevNode, timeout_s: float = 120.0) -> None:
         """Until ``node`` itself reports its shard loaded and served. Raises `DevnetError`."""

@@ -121,29 +121,14 @@ def test_a_hop_killed_mid_generation_is_replaced_and_the_tokens_do_not_change(
     with Devnet(model=tiny_model, root=tmp_path / "net", layer_split=split) as net:
         assert _complete(net.api_url, "tiny-gen", n)["choices"][0]["text"] == want
         pair = net.members[1:3]
-        body = {
-            "model": "tiny-gen",
-            "prompt": PROMPT,
-            "max_tokens": n,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        text, stats, killed = "", {}, None
-        with httpx.stream("POST", net.api_url + "/v1/completions", json=body, timeout=120) as reply:
-            for line in reply.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                assert "error" not in event, event
-                for choice in event["choices"]:
-                    text += choice["text"]
-                stats = event.get("steppe", stats)
-                if killed is None and len(text) > 3:
-                    busy = [m for m in pair if net.status(m)["model"]["serving"]["sessions_active"] > 0]
-                    assert len(busy) == 1
-                    killed = busy[0]
-                    net.kill(killed)
+        body = {"model": "tiny-gen", "prompt": PROMPT, "max_tokens": n, "temperature": 0}
+        killed = None
+        for text, stats in net.stream_completion(body):  # noqa: B007 - the last values are checked below
+            if killed is None and len(text) > 3:
+                busy = [m for m in pair if net.status(m)["model"]["serving"]["sessions_active"] > 0]
+                assert len(busy) == 1
+                killed = busy[0]
+                net.kill(killed)
         assert killed is not None
         assert text == want
         assert stats["failovers"] == 1

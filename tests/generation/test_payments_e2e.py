@@ -88,8 +88,6 @@ def test_a_client_that_stops_paying_is_cut_off_within_its_credit(tiny_model, tmp
 def test_a_provider_killed_mid_generation_settles_exactly_the_last_voucher_it_stored(
     tiny_model, oracle, tmp_path
 ) -> None:
-    import json
-
     from node.ledger.store import VoucherStore
 
     n = 30
@@ -99,26 +97,12 @@ def test_a_provider_killed_mid_generation_settles_exactly_the_last_voucher_it_st
     net.start()
     try:
         pair = net.members[1:3]
-        body = {
-            "model": "tiny-gen",
-            "prompt": PROMPT,
-            "max_tokens": n,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        text, stats, killed = "", {}, None
-        with httpx.stream("POST", net.api_url + "/v1/completions", json=body, timeout=120) as reply:
-            for line in reply.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                assert "error" not in event, event
-                text += "".join(c["text"] for c in event["choices"])
-                stats = event.get("steppe", stats)
-                if killed is None and len(text) > 3:
-                    killed = next(m for m in pair if net.status(m)["model"]["serving"]["sessions_active"] > 0)
-                    net.kill(killed)
+        body = {"model": "tiny-gen", "prompt": PROMPT, "max_tokens": n, "temperature": 0}
+        killed = None
+        for text, stats in net.stream_completion(body):  # noqa: B007 - the last values are checked below
+            if killed is None and len(text) > 3:
+                killed = next(m for m in pair if net.status(m)["model"]["serving"]["sessions_active"] > 0)
+                net.kill(killed)
         assert text == want and stats["failovers"] == 1
         # What the killed provider had persisted (it acknowledged nothing it had not stored first).
         store = VoucherStore(killed.home / "payments" / "vouchers.sqlite")

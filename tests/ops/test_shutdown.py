@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 
 import httpx
@@ -20,29 +19,13 @@ def test_sigterm_lets_the_open_session_finish_then_refuses_new_ones_and_exits_ze
     make_tiny(model, arch="llama", layers=3, hidden=64, heads=4, kv_heads=2, vocab=384, seed=4)
     with Devnet(model=model, nodes=3, root=tmp_path / "net") as net:
         middle = net.members[1]
-        body = {
-            "model": "tiny-stop",
-            "prompt": PROMPT,
-            "max_tokens": 40,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        reference = httpx.post(
-            net.api_url + "/v1/completions", json={**body, "stream": False}, timeout=120
-        ).json()
-        text, stats, stopped = "", {}, False
-        with httpx.stream("POST", net.api_url + "/v1/completions", json=body, timeout=120) as reply:
-            for line in reply.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                assert "error" not in event, event
-                text += "".join(c["text"] for c in event["choices"])
-                stats = event.get("steppe", stats)
-                if not stopped and len(text) > 3:
-                    middle.proc.send_signal(signal.SIGTERM)
-                    stopped = True
+        body = {"model": "tiny-stop", "prompt": PROMPT, "max_tokens": 40, "temperature": 0}
+        reference = httpx.post(net.api_url + "/v1/completions", json=body, timeout=120).json()
+        stopped = False
+        for text, stats in net.stream_completion(body):  # noqa: B007 - the last values are checked below
+            if not stopped and len(text) > 3:
+                middle.proc.send_signal(signal.SIGTERM)
+                stopped = True
         # The session it was serving ran to the end on it: no failover was needed.
         assert text == reference["choices"][0]["text"]
         assert stats["failovers"] == 0
@@ -50,7 +33,7 @@ def test_sigterm_lets_the_open_session_finish_then_refuses_new_ones_and_exits_ze
         log = middle.log_path.read_text()
         assert "node_stopping" in log and "node_stopped" in log
         # With its layers gone, the network says so clearly.
-        after = httpx.post(net.api_url + "/v1/completions", json={**body, "stream": False}, timeout=120)
+        after = httpx.post(net.api_url + "/v1/completions", json=body, timeout=120)
         assert (
             after.status_code in (502, 503) and "no route for layers 1:2" in after.json()["error"]["message"]
         )
