@@ -69,7 +69,9 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="steppe-bench-"))
     model = root / "model"
-    make_tiny(model, arch="llama", layers=args.layers, hidden=args.hidden, heads=8, kv_heads=4, vocab=2048, seed=5)
+    make_tiny(
+        model, arch="llama", layers=args.layers, hidden=args.hidden, heads=8, kv_heads=4, vocab=2048, seed=5
+    )
     local_ms, local_tokens = local_ms_per_token(model, args.tokens)
     reply = network_run(model, root / "net", args.nodes, args.tokens, price=0)
     paid = network_run(model, root / "paid", args.nodes, args.tokens, price=10**9) if args.paid else None
@@ -87,8 +89,12 @@ def main() -> None:
     print(f"same tokens as local: {reply['usage']['completion_tokens'] == len(local_tokens)}")
     if paid is not None:
         paid_ms = 1000 / paid["steppe"]["tokens_per_s"]
-        print(f"with payments       : {paid_ms:7.2f} ms/token (a voucher per hop per step, stored before serving)")
-        print(f"payment cost        : {(paid_ms - net_ms) / net_ms * 100:6.1f}% of the per-token latency (goal < 1%)")
+        print(
+            f"with payments       : {paid_ms:7.2f} ms/token (a voucher per hop per step, stored before serving)"
+        )
+        print(
+            f"payment cost        : {(paid_ms - net_ms) / net_ms * 100:6.1f}% of the per-token latency (goal < 1%)"
+        )
 
 
 if __name__ == "__main__":
