@@ -140,15 +140,17 @@ def test_a_provider_returning_wrong_activations_is_caught_banned_and_routed_arou
 ) -> None:
     n = 12
     _, want = oracle(PROMPT, n)
-    # The liar is the cheapest provider of 2:4, so the price-aware router picks it first.
+    # The liar is the cheapest provider of 2:4, so the price-aware router picks it first (prices are only
+    # advertised by nodes that can be paid, hence the chain).
     split = [(0, 2), (2, 4), (2, 4), (2, 4), (4, 6)]
     extra = {
-        "node1": ["--lie", "--price", "0"],
+        "node1": ["--lie", "--price", "1"],
         "node2": ["--price", "1000000"],
         "node3": ["--price", "1000000"],
         "gateway": ["--spot-check", "1.0", "--price-weight", "0.001"],
     }
-    with Devnet(model=tiny_model, root=tmp_path / "net", layer_split=split, extra_args=extra) as net:
+    net = Devnet(model=tiny_model, root=tmp_path / "net", layer_split=split, extra_args=extra, price=1000)
+    with net:
         result = _complete(net.api_url, "tiny-gen", n)
         assert result["choices"][0]["text"] == want
         checks = result["steppe"]["spot_checks"]
@@ -157,3 +159,6 @@ def test_a_provider_returning_wrong_activations_is_caught_banned_and_routed_arou
         # The route started on the liar and moved off it.
         routes = result["steppe"]["routes"]
         assert net.members[1].peer_id[-6:] in routes[0] and net.members[1].peer_id[-6:] not in routes[-1]
+        # Once caught, the liar is no longer paid: what it earned stops at the step it lied on.
+        liar = net.status(net.members[1])["model"]
+        assert liar["serving"]["steps"] <= 2
