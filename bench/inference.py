@@ -4,7 +4,7 @@ Prints decode tokens/s, 128-token prefill time, time-to-first-token after start,
 tinygrad/torch measured in interleaved rounds of this very run, plus the fraction of the memory-bandwidth
 roofline decode reaches (bytes of weights per token / measured copy bandwidth).
 
-    python bench/inference.py [--threads 2] [--rounds 5] [--tokens 16] [--model DIR]
+    python bench/inference.py [--threads 2] [--rounds 5] [--tokens 16] [--chunk 32] [--model DIR]
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def run(tmp: Path) -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--vocab", type=int, default=16000)
+    ap.add_argument("--chunk", type=int, default=32, help="compiled prefill chunk (rows)")
     args = ap.parse_args()
     os.environ.setdefault("DEV", "CPU:LLVM")
     os.environ["NUM_CPU_THREADS"] = str(args.threads)
@@ -87,7 +88,7 @@ def run(tmp: Path) -> None:
     from node.inference.shard import Shard
 
     rss0 = rss_mb()
-    shard = Shard(model_dir, max_sessions=1, max_context=512)
+    shard = Shard(model_dir, max_sessions=1, max_context=512, chunk=args.chunk)
     rng = np.random.default_rng(0)
     cfg = shard.config
     prompt = rng.integers(0, cfg.vocab_size, 128).astype(np.int32)
@@ -108,7 +109,7 @@ def run(tmp: Path) -> None:
 
     # The lower-precision weight path: matrices kept in bfloat16 (half the bytes), compute in float32.
     # Lossless for bf16 checkpoints; this fp32 checkpoint is rounded, so only speed is compared here.
-    shard16 = Shard(model_dir, max_sessions=1, max_context=512, weight_dtype="bfloat16")
+    shard16 = Shard(model_dir, max_sessions=1, max_context=512, chunk=args.chunk, weight_dtype="bfloat16")
     sid16 = shard16.open_session(512)
 
     def tg_decode(n: int, sh: Shard = shard, s: int = sid) -> float:
@@ -166,7 +167,7 @@ def run(tmp: Path) -> None:
         f"ratio vs torch fp32 {med['pt_dec'] / med['tg16_dec']:.2f}x   streams {bf:.1f} GB/s = {bf / bw:.0%} of copy bw"
     )
     print(
-        f"prefill 128 tokens tinygrad {med['tg_pre']:.3f} s   torch {med['pt_pre']:.3f} s   ratio "
+        f"prefill 128 tokens (chunks of {args.chunk}) tinygrad {med['tg_pre']:.3f} s   torch {med['pt_pre']:.3f} s   ratio "
         f"{med['pt_pre'] / med['tg_pre']:.2f}x"
     )
     print(

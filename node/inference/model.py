@@ -9,11 +9,15 @@ one compiled decode step and one compiled prefill chunk serve every slot and eve
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 from tinygrad import Tensor, TinyJit, UOp, dtypes
+from tinygrad.engine.jit import _prepare_jit_inputs
 
 from node.inference.config import ModelConfig
 from node.inference.weights import LazyTensors
@@ -126,9 +130,33 @@ class ShardModel:
             ("hidden", chunk): Tensor.zeros(1, chunk, h, device=self.first_dev).contiguous().realize(),
         }
         self.jits = {key: TinyJit(self._forward) for key in self.inputs}
+        for jit in self.jits.values():
+            # Capture on the first call: TinyJit's default plain first run only schedules the whole graph once
+            # more (weights, caches and tables are realized above; the forward creates nothing one-time).
+            jit.cnt = 1
+        self._replay: dict[tuple[str, int], tuple] = {}
+        # A/B switches for benchmarks; both default on. fast_cpu: replay CPU graphs with `CpuReplay` (else
+        # tinygrad's replay). matvec_split: decode matmuls split by rows (`_row_pieces`; else whole).
+        self.fast_cpu = True
+        self.matvec_split = True
 
     def _mat(self, w: Tensor) -> Tensor:
         return (w if w.dtype == self.dtype else w.cast(self.dtype)).T
+
+    def _row_pieces(self, device: str, t: int, rows: int) -> list[tuple[int, int]]:
+        """Row ranges to split a one-row CPU matmul with many output rows into (decode: gate, up, LM head).
+
+        tinygrad's CPU heuristic upcasts the output rows of a matmul once it has >= 1024 of them, which
+        halves the bandwidth the kernel streams its weights at; below that it unrolls the reduction by 4
+        and splits the rows over the threads, like down_proj. Pieces of < 1024 rows get that schedule
+        (~2x the bandwidth); concatenating the pieces costs one tiny copy. Only the rounding of the sums
+        changes (the whole model stays ~6e-6 from transformers).
+        """
+        if not self.matvec_split or t != 1 or not device.startswith("CPU") or rows < 1024:
+            return [(0, rows)]
+        n = -(-rows // 1016)
+        size = (rows + n * 8 - 1) // (n * 8) * 8  # ceil(rows / n) rounded up to 8 rows (thread splits)
+        return [(a, min(a + size, rows)) for a in range(0, rows, size)]
 
     def _attention(self, layer: Layer, x: Tensor, slot: UOp, pos: UOp, mask: Tensor | None) -> Tensor:
         cfg, w = self.cfg, layer.w
@@ -166,10 +194,17 @@ class ShardModel:
         )
         y = _rms(h, w["post_attention_layernorm.weight"], eps).contiguous()
         # contiguous(): fused together, the gate and up reductions become one nested (quadratic) loop
-        gate = y.linear(self._mat(w["mlp.gate_proj.weight"])).contiguous()
-        mlp = (gate.silu() * y.linear(self._mat(w["mlp.up_proj.weight"]))).linear(
-            self._mat(w["mlp.down_proj.weight"])
-        )
+        wg, wu = w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"]
+        pieces = self._row_pieces(layer.device, x.shape[1], wg.shape[0])
+        if len(pieces) == 1:
+            up = y.linear(self._mat(wg)).contiguous().silu() * y.linear(self._mat(wu))
+        else:
+            ups = [
+                (y.linear(self._mat(wg[a:b])).contiguous().silu() * y.linear(self._mat(wu[a:b]))).contiguous()
+                for a, b in pieces
+            ]
+            up = ups[0].cat(*ups[1:], dim=-1).contiguous()
+        mlp = up.linear(self._mat(w["mlp.down_proj.weight"]))
         return (h + mlp).contiguous()
 
     def _forward(self, inp: Tensor, slot: UOp, pos: UOp) -> Tensor:
@@ -185,11 +220,13 @@ class ShardModel:
         for layer in self.layers:
             x = self._block(layer, x.to(layer.device), slot, pos, masks.get(layer.device))
         if self.head:
-            x = (
-                _rms(x.to(self.last_dev), self.norm_w, self.cfg.rms_norm_eps)
-                .contiguous()
-                .linear(self._mat(self.lm_w))
-            )
+            x = _rms(x.to(self.last_dev), self.norm_w, self.cfg.rms_norm_eps).contiguous()
+            pieces = self._row_pieces(self.last_dev, x.shape[1], self.lm_w.shape[0])
+            if len(pieces) == 1:
+                x = x.linear(self._mat(self.lm_w))
+            else:
+                parts = [x.linear(self._mat(self.lm_w[a:b])).contiguous() for a, b in pieces]
+                x = parts[0].cat(*parts[1:], dim=-1)
         return x.float().contiguous()
 
     def run(self, inp: np.ndarray, slot: int, pos: int) -> np.ndarray:
@@ -199,10 +236,147 @@ class ShardModel:
         """
         kind = "tokens" if inp.dtype.kind in "iu" else "hidden"
         t = inp.shape[0]
-        buf = self.inputs[(kind, t)]
-        arr = np.ascontiguousarray(inp, dtype=np.int32 if kind == "tokens" else np.float32).reshape(buf.shape)
+        key = (kind, t)
+        buf = self.inputs[key]
+        arr = np.ascontiguousarray(inp, dtype=np.int32 if kind == "tokens" else np.float32)
+        if arr.size != buf.numel():
+            raise ValueError(f"input of {arr.size} values for a step of {buf.numel()}")
         b = buf.uop.buffer.ensure_allocated()
-        b.allocator._copyin(b._buf, memoryview(arr).cast("B"))
-        out = self.jits[(kind, t)](buf, self.v_slot.bind(slot), self.v_pos.bind(pos))
-        # The jit reuses its output buffer on the next call: copy the values out now.
-        return out.numpy().reshape(t, -1).copy()
+        b.allocator._copyin(b._buf, memoryview(arr.reshape(-1)).cast("B"))
+        fast = self._replay.get(key)
+        if fast is not None:
+            # Replay without TinyJit.__call__: its per-call input checks cost more than a small shard's kernels.
+            captured, in_uops, var_vals, out_buf = fast
+            var_vals["slot"], var_vals["start_pos"] = slot, pos
+            captured(in_uops, var_vals)
+        else:
+            jit = self.jits[key]
+            out = jit(buf, self.v_slot.bind(slot), self.v_pos.bind(pos))
+            if jit.captured is not None:
+                self._replay[key] = self._replay_entry(jit, buf, slot, pos, out)
+            out_buf = out.uop.buffer
+        # The jit reuses its output buffer on the next call: copy the values out now, in one memmove.
+        res = np.empty((t, out_buf.size // t), np.float32)
+        out_buf.allocator._copyout(memoryview(res.reshape(-1)).cast("B"), out_buf._buf)
+        return res
+
+    def _replay_entry(self, jit: TinyJit, buf: Tensor, slot: int, pos: int, out: Tensor) -> tuple:
+        """What replaying `jit` needs, taken from tinygrad's own input preparation once, at capture."""
+        in_uops, var_vals, _, _ = _prepare_jit_inputs((buf, self.v_slot.bind(slot), self.v_pos.bind(pos)), {})
+        runner = CpuReplay.build(jit.captured, in_uops) if self.fast_cpu else None
+        return runner or jit.captured, in_uops, dict(var_vals), out.uop.buffer
+
+
+class CpuReplay:
+    """Replays a captured CPU graph by calling its compiled kernels directly, threaded kernels in parallel.
+
+    tinygrad's replay re-resolves every kernel's buffers and launch sizes in Python (tens of microseconds per
+    kernel, hundreds of kernels per token) and runs the per-thread parts of a threaded kernel one after the
+    other on the calling thread. A captured graph always uses the same buffers, so their addresses are read
+    once here; each thread part of a kernel is an independent call (the heuristic splits an output axis), so
+    parts run on a small pool of helper threads (ctypes releases the GIL during the call). Same kernels, same
+    arguments: results are bit-identical to tinygrad's replay.
+    """
+
+    def __init__(self, steps: list[tuple], threads: int):
+        self.steps, self.helpers = steps, threads - 1
+
+    @staticmethod
+    def build(captured, in_uops: list) -> CpuReplay | None:
+        """A replayer for `captured`, or None when it holds anything but plain LLVM/clang CPU kernels."""
+        try:
+            from tinygrad.engine.realize import get_runtime, resolve_params
+            from tinygrad.runtime.ops_cpu import CPUProgram
+            from tinygrad.uop.ops import Ops
+
+            steps, threads = [], 1
+            for call in captured.linear.src:
+                ast = call.src[0]
+                dev = call.src[1].device
+                if ast.op is not Ops.PROGRAM or not isinstance(dev, str):
+                    return None
+                rt = get_runtime(dev, ast)
+                if not isinstance(rt, CPUProgram) or rt.lvp or rt.runtimevars and len(rt.runtimevars) != 1:
+                    return None
+                resolved = resolve_params(call, tuple(in_uops))
+                info = ast.arg
+                addrs = [resolved[i].buffer.ensure_allocated().get_buf(dev).va_addr for i in info.globals]
+                names = [v.expr for v in info.vars]
+                gsize = info.global_size[0]
+                if not isinstance(gsize, int) or info.global_size[1:] not in ((1, 1), ()):
+                    return None
+                core = next(iter(rt.runtimevars.values()), None)
+                nthreads = gsize if core is not None else 1
+                threads = max(threads, nthreads)
+                fixed = [ctypes.c_uint64(a) for a in addrs]
+                steps.append((rt.fxn, fixed, names, core, nthreads))
+            return CpuReplay(steps, threads)
+        except Exception:  # an internal layout this code does not know: use tinygrad's own replay
+            return None
+
+    def __call__(self, in_uops: list, var_vals: dict[str, int]) -> None:
+        c64, pool = ctypes.c_uint64, _PartPool.shared(self.helpers) if self.helpers else None
+        for fxn, fixed, names, core, nthreads in self.steps:
+            args = fixed + [c64(var_vals.get(k, 0)) for k in names] if names else fixed
+            if nthreads == 1:
+                fxn(*args)
+                continue
+            parts = []
+            for tid in range(nthreads):
+                a = list(args)
+                a[core] = c64(tid)
+                parts.append(a)
+            if pool is None:
+                for a in parts:
+                    fxn(*a)
+            else:
+                pool.run(fxn, parts)
+
+
+class _PartPool:
+    """Helper threads that run the thread parts of one kernel alongside the calling thread.
+
+    One pool per helper count per process, shared by every shard (all of them run on the one tinygrad thread).
+    """
+
+    _pools: dict[int, _PartPool] = {}
+
+    @classmethod
+    def forget_after_fork(cls) -> None:
+        cls._pools = {}  # a forked child has none of the parent's threads: start new ones when needed
+
+    @classmethod
+    def shared(cls, helpers: int) -> _PartPool:
+        if helpers not in cls._pools:
+            cls._pools[helpers] = cls(helpers)
+        return cls._pools[helpers]
+
+    def __init__(self, helpers: int):
+        self.go = [threading.Semaphore(0) for _ in range(helpers)]
+        self.done = threading.Semaphore(0)
+        self.work: list = [None] * helpers
+        for i in range(helpers):
+            threading.Thread(target=self._loop, args=(i,), name=f"cpu-part-{i}", daemon=True).start()
+
+    def _loop(self, i: int) -> None:
+        while True:
+            self.go[i].acquire()
+            fxn, parts = self.work[i]
+            for a in parts:
+                fxn(*a)
+            self.done.release()
+
+    def run(self, fxn, parts: list) -> None:
+        n = len(self.go) + 1
+        used = 0
+        for i in range(min(len(self.go), len(parts) - 1)):
+            self.work[i] = (fxn, parts[i + 1 :: n])
+            self.go[i].release()
+            used += 1
+        for a in parts[0::n]:
+            fxn(*a)
+        for _ in range(used):
+            self.done.acquire()
+
+
+os.register_at_fork(after_in_child=_PartPool.forget_after_fork)

@@ -172,8 +172,7 @@ class Shard:
         for kind in ["tokens" if self.embed else "hidden"]:
             for t in (self.model.chunk, 1):
                 inp = np.zeros(t, np.int32) if kind == "tokens" else np.zeros((t, h), np.float32)
-                for _ in range(2):  # the first call compiles, the second captures; later calls replay
-                    self.model.run(inp, self.max_sessions - 1, 0)
+                self.model.run(inp, self.max_sessions - 1, 0)  # compiles and captures; later calls replay
         self.warmup_seconds = time.monotonic() - t0
 
     def open_session(self, max_tokens: int) -> int:
@@ -241,4 +240,4 @@ class Shard:
             i += m
         s.pos = start_pos + n
         s.last_used = time.monotonic()
-        return np.concatenate(outs)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
