@@ -31,6 +31,8 @@ from protocol.identity import Identity
 from protocol.p2pmsg import AdvertRequest
 
 log = get_logger("steppe.p2p.node")
+#: Least time between two republishes triggered only by the advert topic gaining peers.
+GREW_REPUBLISH_S = 5.0
 PROVIDE_EVERY_S = 600.0
 
 
@@ -143,7 +145,9 @@ class P2PNode:
             now = trio.current_time()
             peers = len(self.gossip.topic_peers())
             due = now - last >= self.settings.republish_s
-            grew = peers > seen_peers and now - last >= 1.0
+            # New topic peers get our advert soon, but not at once: when many nodes join together, a
+            # republish per second per node floods the topic and trips GossipSub's per-peer rate limit.
+            grew = peers > seen_peers and now - last >= min(GREW_REPUBLISH_S, self.settings.republish_s)
             if self._changed.is_set() or due or grew:
                 self._changed = trio.Event()
                 last, seen_peers = now, peers
