@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from node.logging import configure_logging
+
 
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -62,6 +64,7 @@ def run(tmp: Path) -> None:
     ap.add_argument("--vocab", type=int, default=16000)
     ap.add_argument("--chunk", type=int, default=32, help="compiled prefill chunk (rows)")
     args = ap.parse_args()
+    configure_logging("console", "warning")
     os.environ.setdefault("DEV", "CPU:LLVM")
     os.environ["NUM_CPU_THREADS"] = str(args.threads)
 

@@ -24,6 +24,7 @@ from node.ledger.channels import ChannelClient, deploy
 from node.ledger.embedded import EmbeddedChain, dev_key
 from node.ledger.embedded_ledger import EmbeddedLedger, sign_transaction
 from node.ledger.store import VoucherStore
+from node.logging import configure_logging
 from protocol.voucher import ChannelState, accept_voucher, sign_voucher
 
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-channel", type=int, default=10_000)
     parser.add_argument("--hops", type=int, default=3)
     args = parser.parse_args()
+    configure_logging("console", "warning")
 
     vouchers(args.seconds, args.token_ms)
     print("== gas per contract operation")

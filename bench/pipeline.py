@@ -30,6 +30,7 @@ from node.inference.maketiny import make_tiny
 from node.inference.sampling import Sampler, SamplingParams
 from node.inference.tokenizer import TextTokenizer
 from node.inference.worker import AsyncShard
+from node.logging import configure_logging
 
 PROMPT = "the steppe is wide and the wind"
 
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--paid", action="store_true", help="also run with payments on and print their cost")
     args = ap.parse_args()
+    configure_logging("console", "warning")
     root = Path(tempfile.mkdtemp(prefix="steppe-bench-"))
     model = root / "model"
     make_tiny(

@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 
+from node.logging import configure_logging
 from protocol.route import Candidate, Route, RouteParams, choose_route
 
 NUM_LAYERS = 80
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
+    configure_logging("console", "warning")
     rng = random.Random(args.seed)
     params = RouteParams(price_weight=0.01)  # 100 wei per token per layer ~ 1 ms
     max_tokens = 2048

@@ -79,14 +79,21 @@ class PaymentReceiver:
         """
         if voucher.chain_id != self.client.ledger.chain_id or voucher.contract != self.client.contract:
             raise WrongChannelDomain("voucher is for another chain or contract")
-        key = VoucherStore.key(voucher)
-        if await trio.to_thread.run_sync(self.store.get, key) is None:
-            await self._refresh(voucher)
         try:
-            return await trio.to_thread.run_sync(self._accept_now, voucher)
+            # One trip to a worker thread in the usual case: a channel we already track.
+            state = await trio.to_thread.run_sync(self._accept_if_known, voucher)
         except (VoucherOverDeposit, ChannelExpired):
             await self._refresh(voucher)  # the payer may have topped up or extended the channel since
             return await trio.to_thread.run_sync(self._accept_now, voucher)
+        if state is None:  # first voucher on this channel: read it from the chain first
+            await self._refresh(voucher)
+            state = await trio.to_thread.run_sync(self._accept_now, voucher)
+        return state
+
+    def _accept_if_known(self, voucher: Voucher) -> ChannelState | None:
+        if self.store.get(VoucherStore.key(voucher)) is None:
+            return None
+        return self._accept_now(voucher)
 
     def _accept_now(self, voucher: Voucher) -> ChannelState:
         return self.store.accept(voucher, now=self._now(), margin=self.margin)
