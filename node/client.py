@@ -24,6 +24,7 @@ from node.ledger.sender import PaymentSender
 from node.logging import get_logger
 from node.p2p.host import ID
 from node.p2p.streams import FramedStream, RemoteError, StreamError, StreamProtocol, open_stream
+from node.serving import infer_protocol
 from protocol import infer
 from protocol.advert import ModelRef, SignedAdvert
 from protocol.errors import MalformedMessage, SteppeError
@@ -317,14 +318,7 @@ class Client:
         self.payer = payer
         self.settings = settings or ClientSettings()
         self.bans = bans or Bans()
-        self.proto = StreamProtocol(
-            infer.PROTOCOL_ID,
-            inbound=(infer.InferFrame,),
-            outbound=(infer.InferFrame,),
-            max_frame=infer.InferFrame.MAX_SIZE,
-            read_timeout=self.settings.step_timeout_s,
-            write_timeout=self.settings.step_timeout_s,
-        )
+        self.proto = infer_protocol(self.settings.step_timeout_s, self.settings.step_timeout_s)
         self._rng = random.Random(self.settings.seed)
 
     def _payable(self, advert: SignedAdvert) -> bool:

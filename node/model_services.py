@@ -25,7 +25,6 @@ from node.openai_api import OpenAIApp
 from node.payments import Payments, PaymentSettings, start_payments
 from node.serving import InferService
 from protocol.advert import AdvertBody, ModelRef
-from protocol.errors import ConfigError
 
 if TYPE_CHECKING:
     from node.app import Node
@@ -56,21 +55,9 @@ class ModelSettings:
     model_ref: ModelRef | None = None
 
 
-def parse_layers(spec: str, num_layers: int) -> tuple[int, int]:
-    """``"A:B"`` (either side may be empty) → (A, B). Raises `ConfigError` for anything out of range."""
-    try:
-        a, b = spec.split(":")
-        start, end = (int(a) if a else 0), (int(b) if b else num_layers)
-    except ValueError as exc:
-        raise ConfigError(f"layer range {spec!r} must look like 0:16") from exc
-    if not 0 <= start < end <= num_layers:
-        raise ConfigError(f"layer range {spec!r} is outside the model's {num_layers} layers")
-    return start, end
-
-
 def model_settings_of(config: Config, **overrides) -> ModelSettings | None:
     """From the ``[model]`` and ``[pricing]`` sections; None when no model is configured."""
-    from node.inference.config import ModelConfig
+    from node.inference.config import ModelConfig, parse_layers
 
     if not config.model.path:
         return None

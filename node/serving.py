@@ -30,15 +30,18 @@ from protocol.seal import Opener, Sealer
 log = get_logger("steppe.serving")
 
 
-def infer_protocol(idle_timeout_s: float = 60.0, per_peer_limit: int = 16) -> StreamProtocol:
-    """`/steppe/infer/1`. The read timeout is the session's idle timeout."""
+def infer_protocol(
+    read_timeout_s: float = 60.0, write_timeout_s: float = 30.0, per_peer_limit: int = 16
+) -> StreamProtocol:
+    """`/steppe/infer/1`. On a hop the read timeout is the session's idle timeout; on a client, the time a
+    step may take before the hop counts as stalled."""
     return StreamProtocol(
         infer.PROTOCOL_ID,
         inbound=(infer.InferFrame,),
         outbound=(infer.InferFrame,),
         max_frame=infer.InferFrame.MAX_SIZE,
-        read_timeout=idle_timeout_s,
-        write_timeout=30.0,
+        read_timeout=read_timeout_s,
+        write_timeout=write_timeout_s,
         per_peer_limit=per_peer_limit,
     )
 

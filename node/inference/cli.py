@@ -75,16 +75,6 @@ def info_cmd(model: Annotated[Path, typer.Option("--model")]) -> None:
     )
 
 
-def _parse_layers(spec: str | None, n: int) -> tuple[int, int]:
-    if not spec:
-        return 0, n
-    try:
-        a, b = spec.split(":")
-        return (int(a) if a else 0), (int(b) if b else n)
-    except ValueError as exc:
-        raise ConfigError(f"--layers {spec!r}: expected START:END") from exc
-
-
 def generate_cmd(
     prompt: Annotated[str, typer.Argument(help="The prompt text.")],
     model: Annotated[Path, typer.Option("--model", help="Checkpoint folder (Hugging Face format).")],
@@ -118,7 +108,7 @@ def generate_cmd(
     """Run the model locally (one shard or a chain of in-process shards) and stream the text."""
     import trio
 
-    from node.inference.config import ModelConfig
+    from node.inference.config import ModelConfig, parse_layers
     from node.inference.generate import generate
     from node.inference.sampling import Sampler, SamplingParams
     from node.inference.shard import parse_devices
@@ -127,7 +117,7 @@ def generate_cmd(
 
     t_start = time.monotonic()
     cfg = ModelConfig.load(model)
-    start, end = _parse_layers(layers, cfg.num_layers)
+    start, end = parse_layers(layers, cfg.num_layers) if layers else (0, cfg.num_layers)
     if (start, end) != (0, cfg.num_layers):
         raise ConfigError(
             "generate needs the whole model locally: --layers must cover every layer (use --split to chain)"

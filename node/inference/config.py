@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import SteppeError
+from protocol.errors import ConfigError, SteppeError
 
 
 class ModelLoadError(SteppeError):
@@ -159,3 +159,15 @@ class ModelConfig:
                 n *= d
             total += n
         return total
+
+
+def parse_layers(spec: str, num_layers: int) -> tuple[int, int]:
+    """``"A:B"`` (either side may be empty) → (A, B). Raises `ConfigError` for anything out of range."""
+    try:
+        a, b = spec.split(":")
+        start, end = (int(a) if a else 0), (int(b) if b else num_layers)
+    except ValueError as exc:
+        raise ConfigError(f"layer range {spec!r} must look like 0:16") from exc
+    if not 0 <= start < end <= num_layers:
+        raise ConfigError(f"layer range {spec!r} is outside the model's {num_layers} layers")
+    return start, end
