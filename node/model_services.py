@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import trio
@@ -227,18 +227,53 @@ def _advert_body(parts: ModelParts, settings: ModelSettings, devices: list[str])
     )
 
 
+#: How often the serving node looks at its free capacity, and the least time between two adverts sent
+#: because the node became full or stopped being full.
+CAPACITY_POLL_S = 2.0
+#: A change of free sessions or free cache tokens by at least this fraction of the total is news...
+CAPACITY_STEP = 0.25
+#: ...published at most this often. Smaller changes ride on the periodic republish.
+CAPACITY_STEP_INTERVAL_S = 15.0
+
+
+def capacity_news(
+    last: tuple[int, int], now: tuple[int, int], total: tuple[int, int]
+) -> Literal["flip", "step"] | None:
+    """Whether a capacity change, ``(free_sessions, free_cache_tokens)`` from ``last`` to ``now`` out of
+    ``total``, is worth a network-wide advert: ``"flip"`` when the node became full (no free session) or
+    stopped being full, ``"step"`` when either count moved by `CAPACITY_STEP` of its total, else None.
+
+    Every advert reaches every node, several copies each: re-advertising each token's cache use made a
+    busy provider publish every poll, and a swarm of them flood the advert topic.
+    """
+    if (last[0] == 0) != (now[0] == 0):
+        return "flip"
+    for a, b, cap in zip(last, now, total, strict=True):
+        if abs(a - b) >= max(1.0, CAPACITY_STEP * cap):
+            return "step"
+    return None
+
+
 async def _refresh_capacity(
     node: Node, parts: ModelParts, settings: ModelSettings, devices: list[str]
 ) -> None:
-    """Re-advertise when free slots change, so clients route around a full node."""
-    last = None
+    """Re-advertise when free capacity changes enough (`capacity_news`), so clients route around a full
+    node; the current numbers always ride on the periodic republish."""
+    assert parts.shard is not None
+    first = _advert_body(parts, settings, devices)
+    total = (parts.shard.shard.max_sessions, max(1, first.free_cache_tokens))
+    last, last_step = (first.free_sessions, first.free_cache_tokens), -1e9
     while True:
-        await trio.sleep(2.0)
+        await trio.sleep(CAPACITY_POLL_S)
         body = _advert_body(parts, settings, devices)
         key = (body.free_sessions, body.free_cache_tokens)
-        if key != last:
-            last = key
+        news = capacity_news(last, key, total)
+        now = trio.current_time()
+        if news == "flip" or (news == "step" and now - last_step >= CAPACITY_STEP_INTERVAL_S):
+            last, last_step = key, now
             node.p2p.set_advert_body(body)
+        elif key != (node.p2p.advert_body.free_sessions, node.p2p.advert_body.free_cache_tokens):
+            node.p2p.set_advert_body(body, publish=False)
 
 
 async def _measure_latencies(node: Node, parts: ModelParts) -> None:

@@ -152,7 +152,9 @@ class Drivers:
 
     async def _lookup(self, sn: SimNode, block: int) -> None:
         node = sn.node
-        assert node is not None and self.model_ref is not None
+        assert self.model_ref is not None
+        if node is None or not sn.up:
+            return  # crashed or left between being picked and this task starting
         store = node.p2p.discovery.dht.provider_store
         queried = 0
         ask = store._get_providers_from_peer_with_closers

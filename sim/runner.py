@@ -210,12 +210,16 @@ class Simulation(Drivers):
 
         assert self.net is not None
         sc = self.sc
+        ttl_s, republish_s = sc.nodes.advert_ttl_s, sc.nodes.republish_s
+        if sn.role == "relay":
+            ttl_s = sc.nodes.relay_advert_ttl_s or ttl_s
+            republish_s = sc.nodes.relay_republish_s or republish_s
         settings = p2p_settings_of(
             Config(),
             listen=(f"/ip4/{sn.ip}/tcp/{PORT}",),
             bootstrap=self._bootstrap_of(sn),
-            advert_ttl_ms=int(sc.nodes.advert_ttl_s * 1000),
-            republish_s=sc.nodes.republish_s,
+            advert_ttl_ms=int(ttl_s * 1000),
+            republish_s=republish_s,
             target_peers=40 if sn.role == "eclipse" else sc.nodes.target_peers,
         )
         sn.stopped = trio.Event()

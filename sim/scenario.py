@@ -75,6 +75,10 @@ class NodesSpec:
     target_peers: int = 8
     advert_ttl_s: float = 120.0
     republish_s: float = 30.0
+    #: Relays (nodes serving nothing) may republish less often, with a longer TTL: their adverts carry
+    #: only addresses, which rarely change. 0: the same as ``republish_s`` / ``advert_ttl_s``.
+    relay_republish_s: float = 0.0
+    relay_advert_ttl_s: float = 0.0
     start_spread_s: float = 5.0  # nodes start evenly spread over this much virtual time
 
 
@@ -180,6 +184,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "nodes.target_peers": (1, None),
     "nodes.advert_ttl_s": (2, None),
     "nodes.republish_s": (1, None),
+    "nodes.relay_republish_s": (0, None),
+    "nodes.relay_advert_ttl_s": (0, None),
     "nodes.start_spread_s": (0, None),
     "nodes.providers.count": (1, None),
     "nodes.gateways.count": (1, None),
@@ -287,6 +293,11 @@ def _range_key(where: str) -> str:
 def _check(sc: Scenario) -> None:
     if sc.warmup_s >= sc.duration_s:
         _fail("warmup_s", "must be shorter than duration_s")
+    n = sc.nodes
+    if n.republish_s >= n.advert_ttl_s:
+        _fail("nodes.republish_s", "must be shorter than nodes.advert_ttl_s (adverts would lapse)")
+    if (n.relay_republish_s or n.republish_s) >= (n.relay_advert_ttl_s or n.advert_ttl_s):
+        _fail("nodes.relay_republish_s", "must be shorter than the relays' advert TTL (adverts would lapse)")
     layers = sc.model.layers
     for i, g in enumerate(sc.nodes.providers):
         where = f"nodes.providers[{i}].layers"

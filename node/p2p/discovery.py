@@ -14,7 +14,7 @@ import struct
 
 import trio
 from libp2p.abc import IHost
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT, _encode_key
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.records.validator import NamespacedValidator, Validator
@@ -28,6 +28,9 @@ from protocol.errors import MalformedMessage
 #: Layers per provider block: a node serving layers [s, e) provides every block that range touches.
 BLOCK_LAYERS = 8
 ADVERT_NAMESPACE = "steppe-advert"
+#: Concurrent provider queries, and how long one may take, when we look past our own provider record.
+LOOKUP_ALPHA = 3
+PROVIDER_QUERY_TIMEOUT_S = 5.0
 _PROVIDER_DOMAIN = b"steppe/provider/v1\x00"
 
 log = get_logger("steppe.p2p.discovery")
@@ -130,8 +133,17 @@ class Discovery:
 
     async def find_providers(self, model_sha256: bytes, block: int, count: int = 20) -> list[PeerInfo]:
         """Providers of one block, without duplicates (addresses of duplicates merged), ourselves excluded."""
+        key = provider_key(model_sha256, block)
+        me = self.host.get_id()
+        store = self.dht.provider_store
         try:
-            found = await self.dht.find_providers(provider_key(model_sha256, block), count)
+            local = store.get_providers(_encode_key(key))
+            if local and all(p.peer_id == me for p in local):
+                # The library answers from the local store whenever it holds a record, and a provider
+                # holds its own: it would never learn of the others serving the same block.
+                found = await self._providers_from_network(_encode_key(key), count)
+            else:
+                found = await self.dht.find_providers(key, count)
         except Exception as exc:  # a failed lookup is an empty answer; the caller retries
             log.info("dht_find_providers_failed", block=block, error=repr(exc))
             return []
@@ -142,3 +154,28 @@ class Discovery:
             addrs = merged.setdefault(info.peer_id, [])
             addrs.extend(a for a in info.addrs if a not in addrs)
         return [PeerInfo(pid, addrs) for pid, addrs in merged.items()]
+
+    async def _providers_from_network(self, key: bytes, count: int) -> list[PeerInfo]:
+        """Ask the peers closest to ``key`` (where provider records are kept) for its providers."""
+        store = self.dht.provider_store
+        closest = [
+            p for p in await store.peer_routing.find_closest_peers_network(key) if p != self.host.get_id()
+        ]
+        found: list[PeerInfo] = []
+
+        async def ask(peer_id: ID) -> None:
+            with trio.move_on_after(PROVIDER_QUERY_TIMEOUT_S):
+                try:
+                    providers, _closer = await store._get_providers_from_peer_with_closers(peer_id, key)
+                except Exception as exc:  # one peer's failure is not the lookup's
+                    log.debug("dht_provider_query_failed", peer_id=str(peer_id), error=repr(exc)[:200])
+                    return
+                found.extend(providers)
+
+        for i in range(0, len(closest), LOOKUP_ALPHA):
+            async with trio.open_nursery() as nursery:
+                for peer_id in closest[i : i + LOOKUP_ALPHA]:
+                    nursery.start_soon(ask, peer_id)
+            if len({p.peer_id for p in found}) >= count:
+                break
+        return found

@@ -28,6 +28,8 @@ from protocol.errors import MalformedMessage, StaleAdvert
 
 TOPIC = "/steppe/adverts/1"
 HEARTBEAT_S = 1
+#: Messages a peer may forward to us on the advert topic per second before GossipSub drops and penalises them.
+MAX_FORWARDS_PER_S = 100.0
 #: Below this a peer leaves our mesh (PRUNE); below `BAN_SCORE` it is disconnected and blacklisted.
 PRUNE_SCORE = -10.0
 BAN_SCORE = -40.0
@@ -87,6 +89,11 @@ class AdvertGossip:
             degree_high=12,
             heartbeat_interval=HEARTBEAT_S,
             score_params=score_params(),
+            # Every node's advert crosses every link: a mesh peer honestly forwards about nodes/republish
+            # adverts a second, in bursts (joins, restarts). The library's default of 10 a second drops
+            # and penalises honest forwarders in a few hundred nodes; garbage is handled by validation
+            # and scoring, not by this limit.
+            max_messages_per_topic_per_second=MAX_FORWARDS_PER_S,
         )
         self.pubsub = Pubsub(host, self.router, seen_ttl=120, sweep_interval=60)
         # Message ids are (PeerID, seqno). The library starts seqnos at the Unix time in *seconds* and adds

@@ -33,6 +33,10 @@ from protocol.p2pmsg import AdvertRequest
 log = get_logger("steppe.p2p.node")
 #: Least time between two republishes triggered only by the advert topic gaining peers.
 GREW_REPUBLISH_S = 5.0
+#: Growth of the topic triggers a republish only while our last advert went out to fewer topic peers
+#: than this: with a few peers it already floods the whole connected swarm, so later growth (every join
+#: adds topic peers to someone) would only multiply traffic. N joins otherwise cost ~N^2 advert copies.
+GREW_UNTIL_PEERS = 3
 PROVIDE_EVERY_S = 600.0
 
 
@@ -91,10 +95,12 @@ class P2PNode:
         """What this node advertises now (before its addresses and software are filled in)."""
         return self._body
 
-    def set_advert_body(self, body: AdvertBody) -> None:
-        """Replace what this node advertises (``addrs`` is filled in here); republished at once."""
+    def set_advert_body(self, body: AdvertBody, *, publish: bool = True) -> None:
+        """Replace what this node advertises (``addrs`` is filled in here); republished at once, or with
+        ``publish=False`` at the next periodic republish (small changes not worth a network-wide copy)."""
         self._body = body
-        self._changed.set()
+        if publish:
+            self._changed.set()
 
     def addrs(self) -> list[str]:
         """Dialable multiaddrs of this node, each ending in ``/p2p/<PeerID>``."""
@@ -145,9 +151,13 @@ class P2PNode:
             now = trio.current_time()
             peers = len(self.gossip.topic_peers())
             due = now - last >= self.settings.republish_s
-            # New topic peers get our advert soon, but not at once: when many nodes join together, a
+            # Our first topic peers get our advert soon, but not at once: when many nodes join together, a
             # republish per second per node floods the topic and trips GossipSub's per-peer rate limit.
-            grew = peers > seen_peers and now - last >= min(GREW_REPUBLISH_S, self.settings.republish_s)
+            grew = (
+                peers > seen_peers
+                and seen_peers < GREW_UNTIL_PEERS
+                and now - last >= min(GREW_REPUBLISH_S, self.settings.republish_s)
+            )
             if self._changed.is_set() or due or grew:
                 self._changed = trio.Event()
                 last, seen_peers = now, peers

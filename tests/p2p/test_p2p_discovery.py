@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from libp2p.kad_dht.kad_dht import _encode_key
 
 from node.p2p.clock import WallClock
 from node.p2p.discovery import AdvertRecordValidator, Discovery, advert_value_key, blocks_of, provider_key
@@ -57,6 +58,23 @@ async def test_a_newcomer_without_gossip_finds_a_blocks_providers_through_the_dh
                 assert set(ids) == expected and len(ids) == len(set(ids))
             assert view_ids(late) == {nodes[1].peer_id, nodes[2].peer_id, nodes[3].peer_id}
             assert TOPIC not in late.p2p.gossip.pubsub.topic_ids  # it never joined the gossip topic
+
+
+async def test_a_provider_finds_the_other_providers_of_its_own_block() -> None:
+    # The library answers from the local provider store whenever it holds a record. In a large swarm a
+    # provider's store often holds only its own record for its block: it must still find the others.
+    bodies = {1: model_body(0, 8), 2: model_body(0, 8), 3: model_body(4, 16)}
+    async with open_swarm(4, bodies=bodies) as nodes:
+        await wait_for(lambda: all(len(view_ids(n)) == 3 for n in nodes), 15)
+        key = _encode_key(provider_key(MODEL.sha256, 0))
+        stores = [n.p2p.discovery.dht.provider_store for n in nodes]
+        await wait_for(lambda: all(len(s.get_providers(key)) == 3 for s in stores), 15)
+        own = stores[1].providers[key]
+        for pid in [p for p in own if p != nodes[1].peer_id]:
+            del own[pid]  # as if it were far from the key: only its own record is local
+        assert [str(p.peer_id) for p in stores[1].get_providers(key)] == [nodes[1].peer_id]
+        found = await nodes[1].p2p.find_providers(MODEL.sha256, 0)
+        assert {a.peer_id for a in found} == {nodes[2].peer_id, nodes[3].peer_id}
 
 
 async def test_the_routing_table_is_filled_from_connected_peers() -> None:
