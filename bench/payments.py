@@ -25,7 +25,7 @@ from node.ledger.embedded import EmbeddedChain, dev_key
 from node.ledger.embedded_ledger import EmbeddedLedger, sign_transaction
 from node.ledger.store import VoucherStore
 from node.logging import configure_logging
-from protocol.voucher import ChannelState, accept_voucher, sign_voucher
+from protocol.voucher import ChannelState, accept_voucher, sign_voucher, typed_data
 
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 KEY = dev_key(1)
@@ -43,28 +43,7 @@ def rate(fn: Callable[[int], object], seconds: float) -> float:
 
 
 def typed(amount: int) -> dict:
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Voucher": [
-                {"name": "channelId", "type": "uint256"},
-                {"name": "cumulativeAmount", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Voucher",
-        "domain": {
-            "name": "SteppePaymentChannels",
-            "version": "1",
-            "chainId": 1337,
-            "verifyingContract": CONTRACT,
-        },
-        "message": {"channelId": 1, "cumulativeAmount": amount},
-    }
+    return typed_data(1337, CONTRACT, 1, amount)
 
 
 def vouchers(seconds: float, token_ms: float) -> None:

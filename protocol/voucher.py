@@ -91,6 +91,33 @@ def voucher_digest(chain_id: int, contract: str, channel_id: int, amount: int) -
     return keccak(b"\x19\x01" + domain_separator(chain_id, contract) + struct_hash)
 
 
+def typed_data(chain_id: int, contract: str, channel_id: int, amount: int) -> dict:
+    """The voucher as EIP-712 typed data (the JSON of ``eth_signTypedData_v4``), for wallets and for outside
+    implementations of EIP-712 to check `voucher_digest` against."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Voucher": [
+                {"name": "channelId", "type": "uint256"},
+                {"name": "cumulativeAmount", "type": "uint256"},
+            ],
+        },
+        "primaryType": "Voucher",
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": contract,
+        },
+        "message": {"channelId": channel_id, "cumulativeAmount": amount},
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Voucher:
     chain_id: int

@@ -59,7 +59,7 @@ def _others(sim: Simulation, sn: SimNode) -> list[SignedAdvert]:
 
 
 async def _forge(sim: Simulation, sn: SimNode, interval: float) -> None:
-    await trio.sleep(sim.sc.warmup_s)
+    await trio.sleep_until(sim.sc.warmup_s)
     k = 0
     while True:
         await trio.sleep(interval)
@@ -81,7 +81,7 @@ async def _forge(sim: Simulation, sn: SimNode, interval: float) -> None:
 
 
 async def _flood(sim: Simulation, sn: SimNode, interval: float) -> None:
-    await trio.sleep(sim.sc.warmup_s)
+    await trio.sleep_until(sim.sc.warmup_s)
     while True:
         await trio.sleep(interval)
         garbage = sim.rng.randbytes(32 + sim.rng.randrange(480))
@@ -91,12 +91,11 @@ async def _flood(sim: Simulation, sn: SimNode, interval: float) -> None:
 
 async def _replay(sim: Simulation, sn: SimNode, interval: float) -> None:
     archive: dict[tuple[str, int], SignedAdvert] = {}
-    start = trio.current_time()
     while True:
         await trio.sleep(min(interval, 1.0))
         for a in _others(sim, sn):
             archive.setdefault((a.peer_id, a.seq), a)
-        if trio.current_time() - start < sim.sc.warmup_s:
+        if trio.current_time() < sim.sc.warmup_s:
             continue
         node = sn.node
         assert node is not None

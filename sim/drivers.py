@@ -32,7 +32,7 @@ class Drivers:
         rate = sc.churn.per_minute / 60.0
         joins = sc.churn.join_per_minute * len(self.nodes) / 60.0
         due_events = due_joins = 0.0
-        await trio.sleep(sc.warmup_s)
+        await trio.sleep_until(sc.warmup_s)  # virtual time starts at 0 with the first node
         while True:
             await trio.sleep(1.0)
             up = [s for s in self.nodes if s.churnable and s.up]
@@ -79,7 +79,7 @@ class Drivers:
         w = self.sc.workload
         if w.generations_per_s <= 0:
             return
-        await trio.sleep(self.sc.warmup_s)
+        await trio.sleep_until(self.sc.warmup_s)
         interval = 1.0 / w.generations_per_s
         gateways = [s for s in self.nodes if s.role == "gateway"]
         while trio.current_time() + w.timeout_s <= self.end_s:
@@ -141,7 +141,7 @@ class Drivers:
         rate = self.sc.dht.lookups_per_s
         if rate <= 0 or self.model_ref is None:
             return
-        await trio.sleep(self.sc.warmup_s)
+        await trio.sleep_until(self.sc.warmup_s)
         blocks = list(blocks_of(0, self.sc.model.layers))
         while True:
             await trio.sleep(1.0 / rate)

@@ -96,7 +96,7 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
         "",
         "## Advert propagation",
         "",
-        f"- adverts measured: {prop['adverts_measured']}, reaching 99% of honest nodes within "
+        f"- adverts measured (signed after the warm-up): {prop['adverts_measured']}, reaching 99% of honest nodes within "
         f"{prop['window_s']:g} s: {prop['adverts_reaching_99pct']}",
         f"- time to reach 99% of nodes: p50 {_fmt(prop['time_to_99pct_p50_s'])} s, "
         f"p99 {_fmt(prop['time_to_99pct_p99_s'])} s",

@@ -298,8 +298,9 @@ class Simulation(Drivers):
 
         def signed(ttl_ms: int) -> SignedAdvert:
             advert = sign(ttl_ms)
-            if ttl_ms >= 5000:  # withdrawals (1 s adverts) are not propagation samples
-                now = trio.current_time()
+            now = trio.current_time()
+            # Samples: adverts signed after the warm-up (the swarm formed), not withdrawals (1 s adverts).
+            if ttl_ms >= 5000 and now >= self.sc.warmup_s:
                 pop = frozenset(
                     s.index for s in self.nodes if s.up and s.honest and s is not sn and now - s.up_since >= 5
                 )

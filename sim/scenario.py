@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.advert import MAX_TTL_MS
 from protocol.errors import ConfigError
 
 
@@ -294,6 +295,9 @@ def _check(sc: Scenario) -> None:
     if sc.warmup_s >= sc.duration_s:
         _fail("warmup_s", "must be shorter than duration_s")
     n = sc.nodes
+    for key in ("advert_ttl_s", "relay_advert_ttl_s"):
+        if getattr(n, key) > MAX_TTL_MS / 1000:
+            _fail(f"nodes.{key}", f"must be <= {MAX_TTL_MS // 1000} (peers refuse adverts that live longer)")
     if n.republish_s >= n.advert_ttl_s:
         _fail("nodes.republish_s", "must be shorter than nodes.advert_ttl_s (adverts would lapse)")
     if (n.relay_republish_s or n.republish_s) >= (n.relay_advert_ttl_s or n.advert_ttl_s):

@@ -25,7 +25,15 @@ from node.p2p.gossip import AdvertGossip
 from node.p2p.host import build_host, dialable_addrs, open_host, parse_listen_addr, parse_peer_addr
 from node.p2p.protocols import ADVERT_PROTOCOL, PING_PROTOCOL, serve_advert, serve_ping
 from node.p2p.streams import ProtocolServer, StreamError, request
-from protocol.advert import DEFAULT_TTL_MS, AdvertBody, SignedAdvert, SwarmView, encode_advert, make_advert
+from protocol.advert import (
+    DEFAULT_TTL_MS,
+    MAX_TTL_MS,
+    AdvertBody,
+    SignedAdvert,
+    SwarmView,
+    encode_advert,
+    make_advert,
+)
 from protocol.errors import ConfigError, MalformedMessage
 from protocol.identity import Identity
 from protocol.p2pmsg import AdvertRequest
@@ -55,6 +63,19 @@ class P2PSettings:
     target_peers: int = 8
     max_backoff_s: float = 30.0
     software: str = "steppe/0.1.0"
+
+    def __post_init__(self) -> None:
+        # Peers refuse adverts that live longer than MAX_TTL_MS: a node publishing them would be invisible
+        # and penalised for every copy it forwards.
+        if not 1000 <= self.advert_ttl_ms <= MAX_TTL_MS:
+            raise ConfigError(
+                f"advert TTL must be 1 to {MAX_TTL_MS // 1000} s, not {self.advert_ttl_ms / 1000:g} s"
+            )
+        if not 0 < self.republish_s < self.advert_ttl_ms / 1000:
+            raise ConfigError(
+                f"republish interval must be above 0 and shorter than the advert TTL "
+                f"({self.advert_ttl_ms / 1000:g} s), not {self.republish_s:g} s"
+            )
 
 
 class P2PNode:

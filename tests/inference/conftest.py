@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from node.inference.maketiny import make_tiny
+from tests.oracle import hf_greedy, hf_logits, load_hf
+
+__all__ = ["hf_greedy", "hf_logits"]
 
 TINY = {"layers": 3, "hidden": 64, "heads": 4, "kv_heads": 2, "vocab": 384}
 
@@ -30,41 +33,14 @@ def tiny_models(tmp_path_factory) -> dict[str, object]:
 
 @pytest.fixture(scope="session")
 def hf_oracle(tiny_models):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.set_num_threads(1)
     cache = {}
 
     def get(arch: str):
         if arch not in cache:
-            cache[arch] = transformers.AutoModelForCausalLM.from_pretrained(
-                tiny_models[arch], dtype=torch.float32
-            ).eval()
+            cache[arch] = load_hf(tiny_models[arch])
         return cache[arch]
 
     return get
-
-
-def hf_logits(model, ids: list[int]) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
-
-
-def hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    import torch
-
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([ids]),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    return out[0, len(ids) :].tolist()
 
 
 # 21 tokens: more than one prefill chunk plus a remainder

@@ -13,7 +13,7 @@ from node.ledger.embedded import dev_key
 from node.ledger.embedded_ledger import EmbeddedLedger
 from protocol.errors import InvalidSignature
 from protocol.evm import SECP256K1_N, address_of_private_key
-from protocol.voucher import sign_voucher, voucher_digest
+from protocol.voucher import sign_voucher, typed_data, voucher_digest
 
 ZERO = "0x0000000000000000000000000000000000000000"
 
@@ -112,28 +112,7 @@ def test_eth_account_signs_the_same_typed_data() -> None:
 
     contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
     key = dev_key(7)
-    typed = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Voucher": [
-                {"name": "channelId", "type": "uint256"},
-                {"name": "cumulativeAmount", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Voucher",
-        "domain": {
-            "name": "SteppePaymentChannels",
-            "version": "1",
-            "chainId": 1337,
-            "verifyingContract": contract,
-        },
-        "message": {"channelId": 42, "cumulativeAmount": 10**15},
-    }
+    typed = typed_data(1337, contract, 42, 10**15)  # the types are spelt out there, as a wallet sees them
     theirs = Account.sign_message(encode_typed_data(full_message=typed), key)
     voucher = sign_voucher(key, 1337, contract, 42, 10**15)
     assert voucher.signature == bytes(theirs.signature)
