@@ -177,3 +177,89 @@ def reference_generation(
         history.append(tok)
         pos, rows = len(history) - 1, np.asarray([tok], np.int32)
     return out
+
+
+#: What reports call the real backend.
+TINYGRAD_LABEL = (
+    "real tinygrad engine (random-weight make-tiny checkpoint), run inline: compute costs no virtual time, "
+    "each forward waits the cost model's virtual time on top"
+)
+
+
+class InlineShard:
+    """The real tinygrad `Shard` behind `AsyncShard`'s interface, called inline on the trio thread.
+
+    The node normally runs tinygrad on a worker thread; under the mock clock a task waiting on a thread
+    counts as idle, so virtual time would jump (and timeouts fire) while the CPU computes. Inline, compute
+    takes no virtual time; each forward then waits ``cost`` like `CostModelShard`, so latencies stay declared.
+    """
+
+    def __init__(self, shard, cost: CostModel) -> None:  # shard: node.inference.shard.Shard
+        self.shard = shard
+        self.cost = cost
+        self.rows_computed = 0
+
+    @classmethod
+    def load(cls, model_dir, start: int, end: int, *, cost: CostModel, **kwargs) -> InlineShard:
+        from node.inference.shard import Shard
+
+        return cls(Shard(model_dir, start, end, **kwargs), cost)
+
+    @property
+    def has_head(self) -> bool:
+        return self.shard.head
+
+    async def open_session(self, max_tokens: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return self.shard.open_session(max_tokens)
+
+    async def forward(self, session: int, inputs: np.ndarray, start_pos: int) -> np.ndarray:
+        out = self.shard.forward(session, inputs, start_pos)
+        n = int(inputs.shape[0])
+        await trio.sleep(
+            self.cost.base_s + self.cost.per_token_layer_s * n * (self.shard.end - self.shard.start)
+        )
+        self.rows_computed += n
+        return out
+
+    async def close_session(self, session: int) -> None:
+        self.shard.close_session(session)
+        await trio.lowlevel.checkpoint()
+
+    async def evict_idle(self) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        return []  # the engine's idle clock is the wall clock; a run ends long before it would matter
+
+    async def describe(self) -> dict[str, object]:
+        return self.shard.describe()
+
+
+class TinygradReference:
+    """Greedy tokens of an honest chain of real shards over ``spans`` (the same kernels providers run, fp32
+    on the wire), computed inline once per prompt: what a correct generation must return token for token."""
+
+    def __init__(self, model_dir, spans: list[tuple[int, int]], max_context: int) -> None:
+        from node.inference.shard import Shard
+
+        self.shards = [Shard(model_dir, a, b, max_sessions=1, max_context=max_context) for a, b in spans]
+        self._cache: dict[tuple[tuple[int, ...], int], list[int]] = {}
+
+    def generate(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        key = (tuple(prompt), max_new_tokens)
+        if key not in self._cache:
+            sids = [s.open_session(len(prompt) + max_new_tokens) for s in self.shards]
+            try:
+                out: list[int] = []
+                pos, x = 0, np.asarray(prompt, np.int32)
+                for _ in range(max_new_tokens):
+                    y: np.ndarray = x
+                    for shard, sid in zip(self.shards, sids, strict=True):
+                        y = shard.forward(sid, y, pos)
+                    tok = int(np.argmax(y[-1]))
+                    out.append(tok)
+                    pos, x = pos + int(x.shape[0]), np.asarray([tok], np.int32)
+            finally:
+                for shard, sid in zip(self.shards, sids, strict=True):
+                    shard.close_session(sid)
+            self._cache[key] = out
+        return self._cache[key]

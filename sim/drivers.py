@@ -97,7 +97,8 @@ class Drivers:
         client = node.model.gateway.client
         stats = GenerationStats()
         sampler = Sampler(
-            SamplingParams(temperature=0.0, stop_tokens=frozenset(self.model_cfg.eos_token_ids))
+            # No stop tokens: every generation runs max_new_tokens steps (a random model may emit EOS early).
+            SamplingParams(temperature=0.0, stop_tokens=frozenset())
         )
         tokens: list[int] = []
         t0 = trio.current_time()
@@ -116,7 +117,10 @@ class Drivers:
         ok = not reason and len(tokens) == w.max_new_tokens
         if not reason and not ok:
             reason = "short"
-        want = reference_generation(self.model_cfg, self.spans, prompt, w.max_new_tokens)
+        if self.reference is not None:
+            want = self.reference.generate(prompt, w.max_new_tokens)
+        else:
+            want = reference_generation(self.model_cfg, self.spans, prompt, w.max_new_tokens)
         role = "free_rider" if sn.free_rider else "honest"
         if self.sc.adversaries.eclipse_attackers and sn is self.eclipse_target():
             role = "eclipse_target"

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .backend import LABEL
+from .backend import LABEL, TINYGRAD_LABEL
 from .runner import RunResult
 
 #: The issue's targets, printed beside the measured values (a scenario's own ``[targets]`` add to them).
@@ -73,9 +73,10 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
         f"- seed {result.seed}, {m['scenario']['nodes']} nodes in total, {result.virtual_s:g} virtual s",
         f"- wall time {result.wall_s:.1f} s, virtual/wall ratio **{result.ratio:.2f}** (machine-dependent; "
         "not in metrics.json)",
-        f"- inference backend: **{LABEL}**: {sc.model.per_token_layer_ms:g} ms per token per layer + "
-        f"{sc.model.base_ms:g} ms per forward, {sc.model.layers} layers. Generation latencies and tokens/s are "
-        "those of the cost model, not of a real model.",
+        f"- inference backend: **{TINYGRAD_LABEL if sc.model.backend == 'tinygrad' else LABEL}**: "
+        f"{sc.model.per_token_layer_ms:g} ms per token per layer + {sc.model.base_ms:g} ms per forward, "
+        f"{sc.model.layers} layers. Generation latencies and tokens/s are those of the cost model, not of a "
+        "real model.",
         f"- links: {sc.network.latency_ms:g} ± {sc.network.jitter_ms:g} ms, loss {sc.network.loss:g}, "
         f"drop {sc.network.drop:g}; real libp2p Noise, Yamux, GossipSub and Kad-DHT over the simulated network",
         "",
@@ -115,7 +116,7 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
         "## Generations",
         "",
         f"- honest: {gh['completed']}/{gh['started']} completed (ratio {_fmt(gh['success_ratio'])}), "
-        f"{gh['correct']} token-for-token equal to the cost model's reference, {gh['failovers']} failovers, "
+        f"{gh['correct']} token-for-token equal to the backend's reference, {gh['failovers']} failovers, "
         f"{gh['spot_checks']} spot checks; failures {gh['failures']}",
         f"- latency p50 {_fmt(gh['latency_p50_s'])} s, p99 {_fmt(gh['latency_p99_s'])} s (cost model)",
         f"- tokens served: {m.get('tokens_served', {})}",

@@ -35,7 +35,7 @@ from protocol.advert import ModelRef, SignedAdvert
 from protocol.identity import Identity
 from protocol.route import RouteParams
 
-from .backend import CostModel, CostModelShard
+from .backend import CostModel, CostModelShard, InlineShard, TinygradReference
 from .clock import simulation
 from .collect import DELIVERY_WINDOW_S, Collector, Published, propagation_curves, summarise
 from .drivers import Drivers
@@ -98,6 +98,7 @@ class Simulation(Drivers):
         self.model_dir = workdir / "model"
         self.model_cfg: ModelConfig | None = None
         self.model_ref: ModelRef | None = None
+        self.reference: TinygradReference | None = None  # the tinygrad backend's oracle
         self.spans: list[tuple[int, int]] = []
         self.payments = None  # sim.ledger.SimChain when payments are on
         self.nursery: trio.Nursery | None = None
@@ -120,6 +121,8 @@ class Simulation(Drivers):
         sha = hashlib.sha256(f"steppe-sim-cost-model|{m.layers}|{m.hidden}|{m.vocab}".encode()).digest()
         self.model_ref = ModelRef(name="sim-cost-model", sha256=sha, num_layers=m.layers)
         self.spans = sorted({g.span() for g in self.sc.nodes.providers if not g.lie})
+        if self.sc.model.backend == "tinygrad" and self.sc.workload.generations_per_s > 0:
+            self.reference = TinygradReference(self.model_dir, self.spans, self.sc.model.max_context)
 
     def _plan_nodes(self) -> None:
         """Node order: bootstrap-capable honest nodes first (relays, providers, gateways), then adversaries."""
@@ -160,9 +163,18 @@ class Simulation(Drivers):
         cfg = self.model_cfg
         layers = sn.group.span() if sn.role == "provider" else None  # type: ignore[union-attr]
 
-        async def load_shard(settings: ModelSettings) -> CostModelShard:
+        async def load_shard(settings: ModelSettings) -> CostModelShard | InlineShard:
             assert settings.layers is not None
             a, b = settings.layers
+            if sc.model.backend == "tinygrad":
+                return InlineShard.load(
+                    self.model_dir,
+                    a,
+                    b,
+                    cost=cost,
+                    max_sessions=sc.model.max_sessions,
+                    max_context=sc.model.max_context,
+                )
             return CostModelShard(
                 cfg, a, b, cost=cost, max_sessions=sc.model.max_sessions, max_context=sc.model.max_context
             )

@@ -37,6 +37,9 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    #: "cost": the declared cost model (`sim.backend.CostModelShard`), for hundreds of nodes; "tinygrad":
+    #: the real engine on a make-tiny checkpoint of these dimensions (small runs: every provider compiles it).
+    backend: str = "cost"
     layers: int = 4
     hidden: int = 32
     vocab: int = 300
@@ -330,6 +333,10 @@ def _check(sc: Scenario) -> None:
     total = sc.honest_count + sum(g.count for g in sc.nodes.providers if g.lie)
     if sc.nodes.bootstrap > total:
         _fail("nodes.bootstrap", f"is larger than the {total} nodes of the scenario")
+    if sc.model.backend not in ("cost", "tinygrad"):
+        _fail("model.backend", "must be 'cost' or 'tinygrad'")
+    if sc.model.backend == "tinygrad" and sc.model.hidden % 4:
+        _fail("model.hidden", "must be a multiple of the make-tiny checkpoint's 4 heads")
     for i, p in enumerate(sc.partitions):
         if p.mode not in ("stall", "drop"):
             _fail(f"partitions[{i}].mode", "must be 'stall' or 'drop'")

@@ -106,6 +106,17 @@ def test_two_runs_with_one_seed_write_the_same_metrics_and_another_seed_differs(
     assert metrics_bytes(other.metrics) != metrics_bytes(first.metrics)
 
 
+def test_the_real_tinygrad_backend_serves_the_reference_chain_token_for_token(tmp_path: Path) -> None:
+    raw = tiny(duration_s=25)
+    raw["model"] = {"backend": "tinygrad", "layers": 2, "hidden": 32, "vocab": 300}
+    result = run_scenario(parse_scenario(raw), 2, workdir=tmp_path)
+    honest = result.metrics["generations"]["honest"]
+    assert honest["started"] >= 2 and honest["completed"] == honest["started"]
+    # The oracle is the same real shards run inline as one honest chain, not the cost model's hash.
+    assert honest["correct"] == honest["completed"]
+    assert result.metrics["tokens_served"]["by_honest_providers"] >= 4 * honest["completed"]
+
+
 def test_forged_replayed_and_garbage_adverts_are_rejected_and_counted(tmp_path: Path) -> None:
     raw = tiny(
         duration_s=35,

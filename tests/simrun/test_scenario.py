@@ -68,6 +68,7 @@ def test_a_minimal_scenario_fills_in_defaults() -> None:
         (minimal(nodes__republish_s=120), "nodes.republish_s: must be shorter than nodes.advert_ttl_s"),
         (minimal(nodes__relay_republish_s=200), "nodes.relay_republish_s: must be shorter than"),
         (minimal(nodes__relay_advert_ttl_s=900), "nodes.relay_advert_ttl_s: must be <= 600"),
+        (minimal(model__backend="torch"), "model.backend: must be 'cost' or 'tinygrad'"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_key(raw: dict, message: str) -> None:
