@@ -18,6 +18,10 @@ def run_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, report.md and plots.")],
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (default: the scenario's).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Log level of the nodes.")] = "error",
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="Virtual seconds to run instead of the scenario's duration_s."),
+    ] = None,
 ) -> None:
     """Run SCENARIO in virtual time; the same scenario and seed write the same metrics.json."""
     from rich.console import Console
@@ -27,9 +31,11 @@ def run_command(
 
     from .report import write_report
     from .runner import run_scenario
-    from .scenario import load_scenario
+    from .scenario import load_scenario, with_duration
 
     sc = load_scenario(scenario)  # ScenarioError: printed by the CLI, exit 2
+    if duration is not None:
+        sc = with_duration(sc, duration)
     configure_logging(level=log_level)
     console = Console(stderr=True)
     columns = (

@@ -71,7 +71,8 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
         sc.description,
         "",
         f"- seed {result.seed}, {m['scenario']['nodes']} nodes in total, {result.virtual_s:g} virtual s",
-        f"- wall time {result.wall_s:.1f} s, virtual/wall ratio **{result.ratio:.2f}** (machine-dependent; "
+        f"- wall time {result.wall_s:.1f} s, virtual/wall ratio **{result.ratio:.2f}**; CPU time "
+        f"{result.cpu_s:.1f} s, virtual/CPU {result.virtual_s / max(result.cpu_s, 1e-9):.2f} (machine-dependent; "
         "not in metrics.json)",
         f"- inference backend: **{TINYGRAD_LABEL if sc.model.backend == 'tinygrad' else LABEL}**: "
         f"{sc.model.per_token_layer_ms:g} ms per token per layer + {sc.model.base_ms:g} ms per forward, "

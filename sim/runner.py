@@ -265,6 +265,8 @@ class Simulation(Drivers):
         if not sn.honest:
             return
         gossip = node.p2p.gossip
+        # A restarted node starts with an empty view: what its earlier life saw cannot make a copy a replay.
+        c.max_seq_seen[sn.index] = {}
 
         def on_advert(advert: SignedAdvert) -> None:
             now = trio.current_time()
@@ -462,6 +464,8 @@ class RunResult:
     scenario: Scenario
     seed: int
     extra: dict = field(default_factory=dict)
+    #: CPU seconds the run took (this process): unlike wall time, not inflated by other work on the machine.
+    cpu_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -481,10 +485,10 @@ def run_scenario(
     seed = scenario.seed if seed is None else seed
     with _workdir(workdir) as wd, _quiet_libp2p(quiet):
         sim = Simulation(scenario, seed, wd, progress)
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         metrics = trio.run(sim.main, clock=sim.clock)
-        wall = time.monotonic() - t0
-    return RunResult(metrics, wall, scenario.duration_s, scenario, seed, sim.curves)
+        wall, cpu = time.monotonic() - t0, time.process_time() - c0
+    return RunResult(metrics, wall, scenario.duration_s, scenario, seed, sim.curves, cpu_s=cpu)
 
 
 @contextlib.contextmanager

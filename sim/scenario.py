@@ -363,6 +363,13 @@ def parse_scenario(raw: dict[str, Any]) -> Scenario:
     return sc
 
 
+def with_duration(sc: Scenario, duration_s: float) -> Scenario:
+    """``sc`` run for ``duration_s`` virtual seconds instead. Raises `ScenarioError`."""
+    if not duration_s > sc.warmup_s:
+        _fail("--duration", f"must be longer than the scenario's warmup_s ({sc.warmup_s:g} s)")
+    return dataclasses.replace(sc, duration_s=float(duration_s))
+
+
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario file. Raises `ScenarioError` (unreadable, not TOML, or invalid)."""
     try:

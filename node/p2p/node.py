@@ -44,7 +44,7 @@ GREW_REPUBLISH_S = 5.0
 #: Growth of the topic triggers a republish only while our last advert went out to fewer topic peers
 #: than this: with a few peers it already floods the whole connected swarm, so later growth (every join
 #: adds topic peers to someone) would only multiply traffic. N joins otherwise cost ~N^2 advert copies.
-GREW_UNTIL_PEERS = 3
+GREW_UNTIL_PEERS = 2
 PROVIDE_EVERY_S = 600.0
 
 
