@@ -186,12 +186,21 @@ TINYGRAD_LABEL = (
 )
 
 
-class InlineShard:
-    """The real tinygrad `Shard` behind `AsyncShard`'s interface, called inline on the trio thread.
+def _on_tinygrad_thread(fn, *args, **kwargs):
+    """Run ``fn`` on the process's one tinygrad thread (tinygrad's state, its compile cache included, is
+    bound to the thread that first used it) while *blocking* the trio thread: the mock clock sees a busy
+    scheduler, not an idle one, so no virtual time passes while the CPU computes."""
+    from node.inference.worker import tinygrad_worker
 
-    The node normally runs tinygrad on a worker thread; under the mock clock a task waiting on a thread
-    counts as idle, so virtual time would jump (and timeouts fire) while the CPU computes. Inline, compute
-    takes no virtual time; each forward then waits ``cost`` like `CostModelShard`, so latencies stay declared.
+    return tinygrad_worker().run_sync(fn, *args, **kwargs)
+
+
+class InlineShard:
+    """The real tinygrad `Shard` behind `AsyncShard`'s interface, computed while the trio thread waits.
+
+    The node awaits tinygrad's worker thread; under the mock clock a task awaiting a thread counts as idle,
+    so virtual time would jump (and timeouts fire) while the CPU computes. Here compute takes no virtual
+    time; each forward then waits ``cost`` like `CostModelShard`, so latencies stay declared.
     """
 
     def __init__(self, shard, cost: CostModel) -> None:  # shard: node.inference.shard.Shard
@@ -203,7 +212,7 @@ class InlineShard:
     def load(cls, model_dir, start: int, end: int, *, cost: CostModel, **kwargs) -> InlineShard:
         from node.inference.shard import Shard
 
-        return cls(Shard(model_dir, start, end, **kwargs), cost)
+        return cls(_on_tinygrad_thread(Shard, model_dir, start, end, **kwargs), cost)
 
     @property
     def has_head(self) -> bool:
@@ -211,10 +220,10 @@ class InlineShard:
 
     async def open_session(self, max_tokens: int) -> int:
         await trio.lowlevel.checkpoint()
-        return self.shard.open_session(max_tokens)
+        return _on_tinygrad_thread(self.shard.open_session, max_tokens)
 
     async def forward(self, session: int, inputs: np.ndarray, start_pos: int) -> np.ndarray:
-        out = self.shard.forward(session, inputs, start_pos)
+        out = _on_tinygrad_thread(self.shard.forward, session, inputs, start_pos)
         n = int(inputs.shape[0])
         await trio.sleep(
             self.cost.base_s + self.cost.per_token_layer_s * n * (self.shard.end - self.shard.start)
@@ -223,7 +232,7 @@ class InlineShard:
         return out
 
     async def close_session(self, session: int) -> None:
-        self.shard.close_session(session)
+        _on_tinygrad_thread(self.shard.close_session, session)
         await trio.lowlevel.checkpoint()
 
     async def evict_idle(self) -> list[int]:
@@ -231,7 +240,7 @@ class InlineShard:
         return []  # the engine's idle clock is the wall clock; a run ends long before it would matter
 
     async def describe(self) -> dict[str, object]:
-        return self.shard.describe()
+        return _on_tinygrad_thread(self.shard.describe)
 
 
 class TinygradReference:
@@ -241,25 +250,31 @@ class TinygradReference:
     def __init__(self, model_dir, spans: list[tuple[int, int]], max_context: int) -> None:
         from node.inference.shard import Shard
 
-        self.shards = [Shard(model_dir, a, b, max_sessions=1, max_context=max_context) for a, b in spans]
+        self.shards = [
+            _on_tinygrad_thread(Shard, model_dir, a, b, max_sessions=1, max_context=max_context)
+            for a, b in spans
+        ]
         self._cache: dict[tuple[tuple[int, ...], int], list[int]] = {}
 
     def generate(self, prompt: list[int], max_new_tokens: int) -> list[int]:
         key = (tuple(prompt), max_new_tokens)
         if key not in self._cache:
-            sids = [s.open_session(len(prompt) + max_new_tokens) for s in self.shards]
-            try:
-                out: list[int] = []
-                pos, x = 0, np.asarray(prompt, np.int32)
-                for _ in range(max_new_tokens):
-                    y: np.ndarray = x
-                    for shard, sid in zip(self.shards, sids, strict=True):
-                        y = shard.forward(sid, y, pos)
-                    tok = int(np.argmax(y[-1]))
-                    out.append(tok)
-                    pos, x = pos + int(x.shape[0]), np.asarray([tok], np.int32)
-            finally:
-                for shard, sid in zip(self.shards, sids, strict=True):
-                    shard.close_session(sid)
-            self._cache[key] = out
+            self._cache[key] = _on_tinygrad_thread(self._generate, prompt, max_new_tokens)
         return self._cache[key]
+
+    def _generate(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        sids = [s.open_session(len(prompt) + max_new_tokens) for s in self.shards]
+        try:
+            out: list[int] = []
+            pos, x = 0, np.asarray(prompt, np.int32)
+            for _ in range(max_new_tokens):
+                y: np.ndarray = x
+                for shard, sid in zip(self.shards, sids, strict=True):
+                    y = shard.forward(sid, y, pos)
+                tok = int(np.argmax(y[-1]))
+                out.append(tok)
+                pos, x = pos + int(x.shape[0]), np.asarray([tok], np.int32)
+        finally:
+            for shard, sid in zip(self.shards, sids, strict=True):
+                shard.close_session(sid)
+        return out

@@ -6,7 +6,6 @@ module and its siblings; nothing else in ``node/`` imports ``libp2p`` directly e
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -29,12 +28,6 @@ from libp2p.transport.tcp.tcp import TCP
 
 from protocol.errors import ConfigError
 from protocol.identity import Identity
-
-# py-libp2p's Yamux sends a WINDOW_UPDATE after nearly every read unless told otherwise; with this off it
-# releases receive credit in batches of half a window, as go-yamux does. Measured (bench/p2p.py): one-stream
-# round trip 15.2x -> 13.8x raw TCP, bulk 115 -> 127 MB/s; the simulator sends ~10% fewer bytes. Read by
-# libp2p at call time; an operator's own PY_YAMUX_RELEASE_ON_READ wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 __all__ = [
     "ID",
