@@ -15,8 +15,10 @@ the same refusals it would see from tinygrad.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +37,9 @@ class CostModel:
 
     per_token_layer_s: float = 0.002
     base_s: float = 0.001
+
+    def seconds(self, rows: int, layers: int) -> float:
+        return self.base_s + self.per_token_layer_s * rows * layers
 
 
 def _row_seed(span: tuple[int, int], pos: int, row: bytes) -> int:
@@ -152,10 +157,27 @@ class CostModelShard:
             raise SessionError(f"hidden states must have shape (n, {eng.config.hidden_size})")
         if n == 0 or not 0 <= start_pos <= s.pos or start_pos + n > s.max_tokens:
             raise SessionError(f"positions {start_pos}..{start_pos + n} not allowed (at {s.pos})")
-        await trio.sleep(self.cost.base_s + self.cost.per_token_layer_s * n * (eng.end - eng.start))
+        await trio.sleep(self.cost.seconds(n, eng.end - eng.start))
         s.pos = max(s.pos, start_pos + n)
         self.rows_computed += n
         return cost_forward(eng.config, (eng.start, eng.end), eng.head, inputs, start_pos)
+
+
+def greedy_chain(
+    forwards: list[Callable[[np.ndarray, int], np.ndarray]], prompt: list[int], max_new_tokens: int
+) -> list[int]:
+    """Greedy tokens of a chain of ``forward(rows, start_pos)`` steps: the prompt at once, then one token at
+    a time, each through every step in order."""
+    out: list[int] = []
+    pos, x = 0, np.asarray(prompt, np.int32)
+    for _ in range(max_new_tokens):
+        y: np.ndarray = x
+        for forward in forwards:
+            y = forward(y, pos)
+        tok = int(np.argmax(y[-1]))
+        out.append(tok)
+        pos, x = pos + int(x.shape[0]), np.asarray([tok], np.int32)
+    return out
 
 
 def reference_generation(
@@ -165,18 +187,13 @@ def reference_generation(
 
     Rows are computed position by position, so the result does not depend on how a route splits the layers
     as long as the spans match what providers serve (each span is its own hash domain)."""
-    history = list(prompt)
-    out: list[int] = []
-    pos, rows = 0, np.asarray(prompt, np.int32)
-    for _ in range(max_new_tokens):
-        x: np.ndarray = rows
-        for span in spans:
-            x = cost_forward(config, span, span[1] == config.num_layers, x, pos)
-        tok = int(np.argmax(x[-1]))
-        out.append(tok)
-        history.append(tok)
-        pos, rows = len(history) - 1, np.asarray([tok], np.int32)
-    return out
+    forwards = [
+        functools.partial(
+            lambda x, pos, span: cost_forward(config, span, span[1] == config.num_layers, x, pos), span=span
+        )
+        for span in spans
+    ]
+    return greedy_chain(forwards, prompt, max_new_tokens)
 
 
 #: What reports call the real backend.
@@ -225,9 +242,7 @@ class InlineShard:
     async def forward(self, session: int, inputs: np.ndarray, start_pos: int) -> np.ndarray:
         out = _on_tinygrad_thread(self.shard.forward, session, inputs, start_pos)
         n = int(inputs.shape[0])
-        await trio.sleep(
-            self.cost.base_s + self.cost.per_token_layer_s * n * (self.shard.end - self.shard.start)
-        )
+        await trio.sleep(self.cost.seconds(n, self.shard.end - self.shard.start))
         self.rows_computed += n
         return out
 
@@ -265,16 +280,11 @@ class TinygradReference:
     def _generate(self, prompt: list[int], max_new_tokens: int) -> list[int]:
         sids = [s.open_session(len(prompt) + max_new_tokens) for s in self.shards]
         try:
-            out: list[int] = []
-            pos, x = 0, np.asarray(prompt, np.int32)
-            for _ in range(max_new_tokens):
-                y: np.ndarray = x
-                for shard, sid in zip(self.shards, sids, strict=True):
-                    y = shard.forward(sid, y, pos)
-                tok = int(np.argmax(y[-1]))
-                out.append(tok)
-                pos, x = pos + int(x.shape[0]), np.asarray([tok], np.int32)
+            forwards = [
+                functools.partial(lambda x, pos, shard, sid: shard.forward(sid, x, pos), shard=shard, sid=sid)
+                for shard, sid in zip(self.shards, sids, strict=True)
+            ]
+            return greedy_chain(forwards, prompt, max_new_tokens)
         finally:
             for shard, sid in zip(self.shards, sids, strict=True):
                 shard.close_session(sid)
-        return out

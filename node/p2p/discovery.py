@@ -135,9 +135,8 @@ class Discovery:
         """Providers of one block, without duplicates (addresses of duplicates merged), ourselves excluded."""
         key = provider_key(model_sha256, block)
         me = self.host.get_id()
-        store = self.dht.provider_store
         try:
-            local = store.get_providers(_encode_key(key))
+            local = self.dht.provider_store.get_providers(_encode_key(key))
             if local and all(p.peer_id == me for p in local):
                 # The library answers from the local store whenever it holds a record, and a provider
                 # holds its own: it would never learn of the others serving the same block.
