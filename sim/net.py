@@ -21,6 +21,7 @@ so a link's draws do not depend on what other links did. With trio's determinist
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 from collections import Counter
@@ -121,6 +122,14 @@ class SimNetwork:
         self._partitions: list[Partition] = []
         self._conn_ids = 0
         self.bytes_sent = 0
+        # Arrival wake-ups: (arrival, order, pipe). One system task sleeps until the earliest and notifies
+        # the pipe's reader, so readers wait on an event alone and trio registers one deadline per distinct
+        # arrival instant instead of one per read (a cancel-scope deadline per read was a third of the CPU).
+        self._wakeups: list[tuple[float, int, Pipe]] = []
+        self._wakeup_order = 0
+        self._waker_scope: trio.CancelScope | None = None
+        self._waker_kick = trio.Event()
+        self._waker_run: object = None  # the trio run the waker task lives in
 
     # -- topology -------------------------------------------------------------------------------------
 
@@ -206,16 +215,13 @@ class SimNetwork:
             for pipe in (conn.a_to_b, conn.b_to_a):
                 if self.is_cut(pipe.src, pipe.dst):
                     continue
-                released = False
                 for seg in pipe.segments:
                     if seg.arrival is None:
                         seg.arrival = pipe.last_arrival = max(
                             self._quantize(now + self._delay(self._directed(pipe.src, pipe.dst))),
                             pipe.last_arrival,
                         )
-                        released = True
-                if released:
-                    pipe.notify()
+                        self._wake_at(pipe, seg.arrival)
 
     def crash(self, ip: str) -> None:
         """The node's process dies: its listeners go, its own ends of connections close, and each
@@ -339,8 +345,45 @@ class SimNetwork:
         pipe.segments.append(Segment(arrival, data))
         self.bytes_sent += len(data)
         self._record("send" if data else "fin", pipe.src, pipe.dst, len(data))
-        pipe.notify()
+        if arrival is not None:
+            self._wake_at(pipe, arrival)
         return done
+
+    def _wake_at(self, pipe: Pipe, arrival: float) -> None:
+        """Have ``pipe``'s reader notified at virtual time ``arrival``."""
+        run = trio.lowlevel.current_root_task()
+        if self._waker_run is not run:  # first use in this trio run (a network may outlive one run)
+            self._waker_run = run
+            self._wakeups.clear()
+            self._waker_scope = None
+            self._waker_kick = trio.Event()
+            trio.lowlevel.spawn_system_task(self._waker, name="sim-net-waker")
+        self._wakeup_order += 1
+        heapq.heappush(self._wakeups, (arrival, self._wakeup_order, pipe))
+        scope = self._waker_scope
+        if scope is None:
+            self._waker_kick.set()
+        elif arrival < scope.deadline:
+            scope.deadline = arrival
+
+    async def _waker(self) -> None:
+        heap = self._wakeups
+        while True:
+            now = trio.current_time()
+            woken: set[int] = set()
+            while heap and heap[0][0] <= now:
+                _t, _order, pipe = heapq.heappop(heap)
+                if id(pipe) not in woken:
+                    woken.add(id(pipe))
+                    pipe.notify()
+            if heap:
+                with trio.move_on_at(heap[0][0]) as scope:
+                    self._waker_scope = scope
+                    await trio.sleep_forever()
+                self._waker_scope = None
+            else:
+                self._waker_kick = trio.Event()
+                await self._waker_kick.wait()
 
     def _forget(self, conn: SimConnection) -> None:
         self._conns.pop(conn.id, None)

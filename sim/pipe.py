@@ -134,13 +134,8 @@ class SimStream:
                         head.data = head.data[len(take) :]
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return bytes(out)
-            wake = rx.changed  # set on new data, FIN, reset, close or a healed partition
-            deadline = rx.segments[0].arrival if rx.segments else None
-            if deadline is None:
-                await wake.wait()
-            else:
-                with trio.move_on_at(deadline):
-                    await wake.wait()
+            # Set when a segment arrives (the network's waker task), on reset, on close and on a heal.
+            await rx.changed.wait()
 
     async def aclose(self) -> None:
         """Close this end: the peer reads EOF after the data already sent. Idempotent."""

@@ -28,8 +28,6 @@ from protocol.errors import MalformedMessage, StaleAdvert
 
 TOPIC = "/steppe/adverts/1"
 HEARTBEAT_S = 1
-#: Messages a peer may forward to us on the advert topic per second before GossipSub drops and penalises them.
-MAX_FORWARDS_PER_S = 100.0
 #: Below this a peer leaves our mesh (PRUNE); below `BAN_SCORE` it is disconnected and blacklisted.
 PRUNE_SCORE = -10.0
 BAN_SCORE = -40.0
@@ -89,11 +87,16 @@ class AdvertGossip:
             degree_high=12,
             heartbeat_interval=HEARTBEAT_S,
             score_params=score_params(),
-            # Every node's advert crosses every link: a mesh peer honestly forwards about nodes/republish
-            # adverts a second, in bursts (joins, restarts). The library's default of 10 a second drops
-            # and penalises honest forwarders in a few hundred nodes; garbage is handled by validation
-            # and scoring, not by this limit.
-            max_messages_per_topic_per_second=MAX_FORWARDS_PER_S,
+            # The library's per-forwarder rate limit runs *after* validation and local delivery: a message
+            # over the limit is accepted here but not forwarded, and the honest forwarder is penalised.
+            # Every node's advert crosses every link, in bursts (joins, restarts), so at a few hundred
+            # nodes it cut propagation and banned honest relays. Garbage is policed by validation and
+            # scoring (an invalid advert costs its forwarder 10 points; `_guard` bans), not by this limit.
+            spam_protection_enabled=False,
+            # "Adaptive gossip" rates mesh health every 30 s and, below 0.7 (routine after a few peers
+            # churn), stretches the heartbeat from 1 s to 30-60 s: meshes stop being repaired and IHAVE
+            # gossip nearly stops. It also widened gossip fan-out (twice the duplicate copies measured).
+            adaptive_gossip_enabled=False,
         )
         self.pubsub = Pubsub(host, self.router, seen_ttl=120, sweep_interval=60)
         # Message ids are (PeerID, seqno). The library starts seqnos at the Unix time in *seconds* and adds

@@ -158,3 +158,21 @@ def lone_gossip():
 def test_the_topic_validator_answers_false_for_any_bytes_and_never_raises(lone_gossip, data: bytes) -> None:
     msg = SimpleNamespace(data=data)
     assert lone_gossip._validate(ID.from_base58(Identity.from_int(72).peer_id), msg) is False
+
+
+def test_a_poor_mesh_health_rating_keeps_the_one_second_heartbeat(lone_gossip) -> None:
+    # py-libp2p's "adaptive gossip" stretches the heartbeat to 30-60 s when it rates the mesh below 0.7,
+    # which routine churn does: meshes then go unrepaired for a minute. We switch it off.
+    router = lone_gossip.router
+    router.network_health_score = 0.3
+    router._adapt_gossip_parameters()
+    assert router.heartbeat_interval == 1
+
+
+def test_a_busy_honest_forwarder_is_not_rate_limited(lone_gossip) -> None:
+    # The library's per-forwarder limit runs after local delivery and only stops the onward forward (and
+    # penalises the forwarder): at a few hundred nodes it cut honest propagation. It is off.
+    router = lone_gossip.router
+    peer = ID.from_base58(Identity.from_int(73).peer_id)
+    msg = SimpleNamespace(topicIDs=[TOPIC])
+    assert all(router._check_spam_protection(peer, msg) for _ in range(1000))
