@@ -13,6 +13,11 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
+import time
+import weakref
+
+import libp2p.pubsub.gossipsub as _gossipsub_module
+import libp2p.pubsub.pubsub as _pubsub_module
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
@@ -34,6 +39,45 @@ BAN_SCORE = -40.0
 BAN_SECONDS = 600.0
 
 log = get_logger("steppe.p2p.gossip")
+#: A sender's signed peer record, once verified, is trusted again byte-for-byte for this long.
+SENDER_RECORD_REUSE_S = 600.0
+
+
+def _remember_verified_sender_records() -> None:
+    """Verify each peer's signed peer record once, not on every pubsub RPC.
+
+    py-libp2p attaches the sender's signed peer record to every RPC and checks it (an Ed25519 verification)
+    twice per RPC, in the pubsub read loop and again in GossipSub's handler: about a tenth of a busy node's
+    CPU. The record only changes when the sender's addresses do, so identical bytes from the same peer that
+    this host verified within `SENDER_RECORD_REUSE_S` pass without a second verification; anything else
+    goes through the library's check.
+    """
+    original = _pubsub_module.maybe_consume_signed_record
+    if getattr(original, "remembers_verified", False):
+        return
+    # host -> peer -> (record bytes, when verified); per host, since each host has its own peerstore.
+    verified: weakref.WeakKeyDictionary[object, dict[ID, tuple[bytes, float]]] = weakref.WeakKeyDictionary()
+
+    def consume(msg, host, peer_id=None) -> bool:  # type: ignore[no-untyped-def]
+        if peer_id is None or not msg.HasField("senderRecord"):
+            return original(msg, host, peer_id)
+        seen = verified.setdefault(host, {})
+        record = msg.senderRecord
+        now = time.monotonic()
+        hit = seen.get(peer_id)
+        if hit is not None and hit[0] == record and now - hit[1] < SENDER_RECORD_REUSE_S:
+            return True
+        ok = original(msg, host, peer_id)
+        if ok:
+            seen[peer_id] = (bytes(record), now)
+        return ok
+
+    consume.remembers_verified = True  # type: ignore[attr-defined]
+    _pubsub_module.maybe_consume_signed_record = consume
+    _gossipsub_module.maybe_consume_signed_record = consume
+
+
+_remember_verified_sender_records()
 
 
 def score_params() -> ScoreParams:

@@ -41,6 +41,8 @@ class Attacker:
         self.pubsub = Pubsub(self.host, self.router)
 
     async def publish(self, data: bytes) -> None:
+        # An attacker ignores PRUNE: every connected topic peer stays in its mesh and gets the message.
+        self.router.mesh.setdefault(TOPIC, set()).update(self.pubsub.peer_topics.get(TOPIC, set()))
         await self.pubsub.publish(TOPIC, data)
 
 
@@ -96,7 +98,7 @@ async def test_forged_expired_oversized_replayed_and_garbage_adverts_are_rejecte
                 (trudy, garbage),
             ):
                 await sender.publish(data)
-                await trio.sleep(0.2)  # stay under the router's per-peer rate limit
+                await trio.sleep(0.2)  # in order
             after = lambda k: alice.p2p.view.rejected[k] - before.get(k, 0)  # noqa: E731
             await wait_for(lambda: (after("invalid"), after("malformed"), after("stale")) == (3, 2, 1), 10)
             # Forged, expired, oversized and garbage count against their sender; a replay of an authentic
@@ -122,8 +124,6 @@ async def test_a_garbage_flooder_is_scored_down_pruned_and_cut_off_while_honest_
 
                 async def flood() -> None:
                     while True:
-                        # A hostile router ignores PRUNE: it keeps alice in its mesh and keeps sending.
-                        mallory.router.mesh.setdefault(TOPIC, set()).add(alice.p2p.host.get_id())
                         await mallory.publish(os.urandom(200))
                         await trio.sleep(0.125)
 
@@ -176,3 +176,25 @@ def test_a_busy_honest_forwarder_is_not_rate_limited(lone_gossip) -> None:
     peer = ID.from_base58(Identity.from_int(73).peer_id)
     msg = SimpleNamespace(topicIDs=[TOPIC])
     assert all(router._check_spam_protection(peer, msg) for _ in range(1000))
+
+
+def test_a_sender_record_is_verified_once_and_a_changed_one_again(monkeypatch) -> None:
+    import libp2p.pubsub.pubsub as pubsub_module
+    import libp2p.pubsub.utils as utils
+    from libp2p.peer.peerstore import env_to_send_in_RPC
+    from libp2p.pubsub.pb import rpc_pb2
+
+    sender = build_host(Identity.from_int(74), [parse_listen_addr(LOOPBACK)])
+    receiver = build_host(Identity.from_int(75), [parse_listen_addr(LOOPBACK)])
+    calls = []
+    real = utils.consume_envelope
+    monkeypatch.setattr(utils, "consume_envelope", lambda *a: calls.append(1) or real(*a))
+    rpc = rpc_pb2.RPC(senderRecord=env_to_send_in_RPC(sender)[0])
+    consume = pubsub_module.maybe_consume_signed_record
+    assert consume(rpc, receiver, sender.get_id()) and consume(rpc, receiver, sender.get_id())
+    assert len(calls) == 1
+    # Another peer presenting the same record is checked (and refused: the record names the sender).
+    assert not consume(rpc, receiver, ID.from_base58(Identity.from_int(76).peer_id))
+    tampered = rpc_pb2.RPC(senderRecord=bytes(rpc.senderRecord)[:-1] + b"\x00")
+    assert not consume(tampered, receiver, sender.get_id())
+    assert len(calls) == 3
