@@ -83,11 +83,16 @@ def _advert_samples(c: Collector, end_s: float) -> list[tuple[list[float], int]]
 
     The population is the honest nodes up when the advert was signed, less those that crashed or left
     within the delivery window (a node that is gone cannot be reached; partitions are not excused).
+    An advert is state: a node that receives a *newer* advert of the same origin first (the origin
+    superseded it, e.g. a restarted node republishing once its mesh forms) has been delivered to then.
     """
     downs: dict[int, list[float]] = defaultdict(list)
     for t, kind, node in c.churn_events:
         if kind in ("crash", "leave"):
             downs[node].append(t)
+    by_origin: dict[int, list[tuple[int, dict[int, float]]]] = defaultdict(list)
+    for (origin, seq), got in c.delivered.items():
+        by_origin[origin].append((seq, got))
     samples = []
     for key, pub in sorted(c.published.items()):
         t0 = c.t_of_ms(pub.issued_ms)
@@ -98,7 +103,11 @@ def _advert_samples(c: Collector, end_s: float) -> list[tuple[list[float], int]]
         ]
         if len(pop) < 2:
             continue
-        got = c.delivered.get(key, {})
+        got: dict[int, float] = {}
+        for seq, delivered in by_origin.get(key[0], ()):
+            if seq >= key[1]:
+                for n, t in delivered.items():
+                    got[n] = min(t, got.get(n, math.inf))
         times = sorted(got[n] - t0 for n in pop if n in got and got[n] - t0 <= DELIVERY_WINDOW_S)
         samples.append((times, len(pop)))
     return samples

@@ -293,19 +293,6 @@ class Simulation(Drivers):
             await push(forwarder, msg)
 
         pubsub.push_msg = counted_push
-        # GossipSub drops (and penalises) a peer's 11th message per second on a topic: count whom it hits.
-        router = gossip.router
-        spam_check = router._check_spam_protection
-
-        def counted_spam_check(peer_id, msg) -> bool:
-            ok = spam_check(peer_id, msg)
-            if not ok:
-                sender = self.by_peer.get(str(peer_id))
-                who = "honest" if sender is not None and sender.honest else "adversary"
-                c.adversary[f"rate_limited_msgs_from_{who}"] += 1
-            return ok
-
-        router._check_spam_protection = counted_spam_check
         # Record our own publications: which honest nodes should receive them.
         p2p = node.p2p
         sign = p2p._sign

@@ -10,11 +10,10 @@ for `BAN_SECONDS`.
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Callable
-
 import time
 import weakref
+from collections import Counter
+from collections.abc import Callable
 
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.pubsub.pubsub as _pubsub_module

@@ -111,10 +111,13 @@ def build_host(
         # With more than one connection per peer the library waits 250 ms per dial for a second one.
         connection_config=ConnectionConfig(
             max_connections_per_peer=1,
-            # The library's defaults aim at 50-100 open connections; a Steppe node needs far fewer.
-            min_connections=8,
-            low_watermark=16,
-            high_watermark=192,
+            # The library's auto-connector dials toward (low + high) / 2 open connections, and does so
+            # again after every disconnect: with 16/192 that was 104, so each crash in a churning swarm
+            # set off a storm of Noise handshakes. A Steppe node needs a dozen or so (its own dialler keeps
+            # `target_peers`); above `high_watermark` the library prunes the least useful connections.
+            min_connections=4,
+            low_watermark=8,
+            high_watermark=24,
             max_connections=256,
         ),
     )

@@ -41,7 +41,7 @@ from protocol.p2pmsg import AdvertRequest
 log = get_logger("steppe.p2p.node")
 #: Least time between two republishes triggered only by the advert topic gaining peers.
 GREW_REPUBLISH_S = 5.0
-#: Growth of the topic triggers a republish only while our last advert went out to fewer topic peers
+#: Growth of our mesh triggers a republish only while our last advert went out to fewer mesh peers
 #: than this: with a few peers it already floods the whole connected swarm, so later growth (every join
 #: adds topic peers to someone) would only multiply traffic. N joins otherwise cost ~N^2 advert copies.
 GREW_UNTIL_PEERS = 2
@@ -170,14 +170,17 @@ class P2PNode:
             with trio.move_on_after(1.0):
                 await self._changed.wait()
             now = trio.current_time()
-            peers = len(self.gossip.topic_peers())
+            # Mesh peers, not topic peers: a publish goes to the mesh only, and a node that just (re)joined
+            # has topic peers a heartbeat before it has a mesh, so its first advert can reach nobody.
+            peers = len(self.gossip.mesh_peers())
             due = now - last >= self.settings.republish_s
             # Our first topic peers get our advert soon, but not at once: when many nodes join together, a
             # republish per second per node floods the topic and trips GossipSub's per-peer rate limit.
             grew = (
                 peers > seen_peers
                 and seen_peers < GREW_UNTIL_PEERS
-                and now - last >= min(GREW_REPUBLISH_S, self.settings.republish_s)
+                # An advert that reached no mesh peer went nowhere: send it as soon as there is one.
+                and (seen_peers == 0 or now - last >= min(GREW_REPUBLISH_S, self.settings.republish_s))
             )
             if self._changed.is_set() or due or grew:
                 self._changed = trio.Event()
