@@ -39,11 +39,11 @@ from protocol.identity import Identity
 from protocol.p2pmsg import AdvertRequest
 
 log = get_logger("steppe.p2p.node")
-#: Least time between two republishes triggered only by the advert topic gaining peers.
+#: Least time between two republishes triggered only by our mesh gaining peers.
 GREW_REPUBLISH_S = 5.0
 #: Growth of our mesh triggers a republish only while our last advert went out to fewer mesh peers
 #: than this: with a few peers it already floods the whole connected swarm, so later growth (every join
-#: adds topic peers to someone) would only multiply traffic. N joins otherwise cost ~N^2 advert copies.
+#: adds mesh peers to someone) would only multiply traffic. N joins otherwise cost ~N^2 advert copies.
 GREW_UNTIL_PEERS = 2
 PROVIDE_EVERY_S = 600.0
 
@@ -174,8 +174,8 @@ class P2PNode:
             # has topic peers a heartbeat before it has a mesh, so its first advert can reach nobody.
             peers = len(self.gossip.mesh_peers())
             due = now - last >= self.settings.republish_s
-            # Our first topic peers get our advert soon, but not at once: when many nodes join together, a
-            # republish per second per node floods the topic and trips GossipSub's per-peer rate limit.
+            # Our first mesh peers get our advert soon, but not at once: when many nodes join together, a
+            # republish per second per node floods the topic.
             grew = (
                 peers > seen_peers
                 and seen_peers < GREW_UNTIL_PEERS
