@@ -268,7 +268,13 @@ class Simulation(Drivers):
         # A restarted node starts with an empty view: what its earlier life saw cannot make a copy a replay.
         c.max_seq_seen[sn.index] = {}
 
+        # The node's own callback (it puts the advert's addresses in the peerstore) must still run: replacing
+        # it left every simulated node unable to dial a peer it knew only from gossip.
+        learn = gossip.on_advert
+
         def on_advert(advert: SignedAdvert) -> None:
+            if learn is not None:
+                learn(advert)
             now = trio.current_time()
             src = self.by_peer.get(advert.peer_id)
             if src is not None:
