@@ -14,7 +14,7 @@ from typing import Annotated
 import msgspec
 
 from . import codec
-from .errors import InvalidAdvert, InvalidSignature, MalformedMessage, StaleAdvert
+from .errors import InvalidAdvert, InvalidSignature, LateAdvert, MalformedMessage, StaleAdvert
 from .identity import Identity, ed25519_of_peer_id_untrusted, verify_ed25519, verify_evm_binding
 
 ADVERT_VERSION = 1
@@ -23,6 +23,9 @@ SIGNING_DOMAIN = b"steppe/advert/v1\x00"
 DEFAULT_TTL_MS = 120_000
 #: Clock skew tolerated for ``issued_at`` in the future.
 MAX_FUTURE_SKEW_MS = 30_000
+#: An advert that expired less than this long ago is late, not invalid: an honest relay can deliver it so
+#: (a slow hop, a receiver that stalled for seconds), so its forwarder is not blamed. Older: invalid.
+LATE_GRACE_MS = MAX_FUTURE_SKEW_MS
 #: No advert may claim to live longer than this.
 MAX_TTL_MS = 600_000
 
@@ -115,7 +118,8 @@ def decode_advert_untrusted(data: bytes) -> SignedAdvert:
 
 
 def verify_advert(advert: SignedAdvert, now_ms: int, *, last_seq: int | None = None) -> None:
-    """Full verification. Raises `InvalidAdvert` (or `StaleAdvert` for a seq not above ``last_seq``)."""
+    """Full verification. Raises `InvalidAdvert`, or one of its kinds an honest relay can cause: `LateAdvert`
+    (expired less than `LATE_GRACE_MS` ago) or `StaleAdvert` (a seq not above ``last_seq``)."""
     if advert.version != ADVERT_VERSION:
         raise InvalidAdvert(f"unknown advert version {advert.version}")
     try:
@@ -138,10 +142,12 @@ def verify_advert(advert: SignedAdvert, now_ms: int, *, last_seq: int | None = N
         raise InvalidAdvert(f"bad EVM binding: {exc}") from exc
     if advert.issued_at > now_ms + MAX_FUTURE_SKEW_MS:
         raise InvalidAdvert("advert issued too far in the future")
-    if advert.expires_at <= now_ms:
-        raise InvalidAdvert("advert expired")
     if advert.expires_at <= advert.issued_at or advert.expires_at - advert.issued_at > MAX_TTL_MS:
         raise InvalidAdvert("advert lifetime out of bounds")
+    if advert.expires_at <= now_ms:
+        if now_ms - advert.expires_at <= LATE_GRACE_MS:
+            raise LateAdvert(f"advert expired {now_ms - advert.expires_at} ms ago (late, not forged)")
+        raise InvalidAdvert("advert expired")
     if last_seq is not None and advert.seq <= last_seq:
         raise StaleAdvert(f"advert seq {advert.seq} is not above the last seen ({last_seq})")
 
@@ -149,8 +155,9 @@ def verify_advert(advert: SignedAdvert, now_ms: int, *, last_seq: int | None = N
 class SwarmView:
     """The validated, expiring view of the swarm's adverts. Pure: the caller passes the time.
 
-    ``rejected`` counts refusals by reason (``malformed``, ``invalid``, ``stale``, ``self``). The last seq of
-    a peer is remembered after its advert expires so a replay of an old copy is still refused.
+    ``rejected`` counts refusals by reason (``malformed``, ``invalid``, ``stale``, ``late``, ``self``,
+    ``full``). The last seq of a peer is remembered after its advert expires so a replay of an old copy is
+    still refused.
     """
 
     def __init__(self, own_peer_id: str | None = None, max_peers: int = 100_000) -> None:
@@ -175,6 +182,9 @@ class SwarmView:
             verify_advert(advert, now_ms, last_seq=self._last_seq.get(advert.peer_id))
         except StaleAdvert:
             self.rejected["stale"] += 1
+            raise
+        except LateAdvert:
+            self.rejected["late"] += 1
             raise
         except InvalidAdvert:
             self.rejected["invalid"] += 1

@@ -26,6 +26,11 @@ class StaleAdvert(InvalidAdvert):
     """An advert whose seq is not above the last one seen for that peer (a replay or an old copy)."""
 
 
+class LateAdvert(InvalidAdvert):
+    """An authentic advert that expired moments ago: delayed on its way (a slow hop, a stalled receiver),
+    which an honest relay can cause; distinct from an advert long expired (a replay of an old copy)."""
+
+
 class SealError(MalformedMessage):
     """A sealed payload could not be opened. Subclasses say why."""
 

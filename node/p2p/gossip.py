@@ -28,7 +28,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.logging import get_logger
 from node.p2p.clock import Clock
 from protocol.advert import SignedAdvert, SwarmView, decode_advert_untrusted, verify_advert
-from protocol.errors import MalformedMessage, StaleAdvert
+from protocol.errors import LateAdvert, MalformedMessage, StaleAdvert
 
 TOPIC = "/steppe/adverts/1"
 HEARTBEAT_S = 1
@@ -176,10 +176,12 @@ class AdvertGossip:
                     self.view.rejected["invalid"] += 1
                     raise
                 return True
-            self.view.accept(advert, now)  # counts "invalid" / "stale" itself
-        except StaleAdvert:
-            # Authentic but not newer than the copy we hold: kept out of the view (counted there) without
-            # blaming the forwarder, since an honest peer can relay an older copy that crossed a newer one.
+            self.view.accept(advert, now)  # counts "invalid" / "stale" / "late" itself
+        except (StaleAdvert, LateAdvert):
+            # Authentic but not newer than the copy we hold, or expired moments ago: kept out of the view
+            # (counted there) without blaming the forwarder, since an honest peer can relay an older copy that
+            # crossed a newer one, or one that expired on the way (a slow hop; our own stall of a few seconds
+            # once got every advert queued meanwhile counted as invalid and the bootstrap peer pruned).
             return True
         except MalformedMessage as exc:
             self.rejected_from[str(forwarder)] += 1

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from protocol import codec
 from protocol.advert import (
     ADVERT_MAX_SIZE,
+    LATE_GRACE_MS,
     AdvertBody,
     ModelRef,
     SignedAdvert,
@@ -17,7 +18,7 @@ from protocol.advert import (
     make_advert,
     verify_advert,
 )
-from protocol.errors import InvalidAdvert, MalformedMessage, StaleAdvert
+from protocol.errors import InvalidAdvert, LateAdvert, MalformedMessage, StaleAdvert
 from protocol.identity import Identity
 
 NOW = 1_700_000_000_000
@@ -75,8 +76,18 @@ def test_a_missing_or_foreign_evm_binding_is_refused(alice: Identity, bob: Ident
 
 def test_expired_and_far_future_and_overlong_adverts_are_refused(alice: Identity) -> None:
     adv = make_advert(alice, body(), seq=1, now_ms=NOW, ttl_ms=1000)
-    with pytest.raises(InvalidAdvert, match="expired"):
-        verify_advert(adv, NOW + 1000)
+    # Just expired: late (an honest relay can deliver it so), a kind of invalid that blames nobody.
+    for now in (NOW + 1000, NOW + 1000 + LATE_GRACE_MS):
+        with pytest.raises(LateAdvert, match="expired"):
+            verify_advert(adv, now)
+    # Long expired: a replay of an old copy.
+    with pytest.raises(InvalidAdvert, match="expired") as exc:
+        verify_advert(adv, NOW + 1001 + LATE_GRACE_MS)
+    assert not isinstance(exc.value, LateAdvert)
+    view = SwarmView()
+    with pytest.raises(LateAdvert):
+        view.accept(adv, NOW + 1500)
+    assert view.rejected == {"late": 1} and view.get(alice.peer_id, NOW) is None
     future = make_advert(alice, body(), seq=1, now_ms=NOW + 3_600_000)
     with pytest.raises(InvalidAdvert, match="future"):
         verify_advert(future, NOW)
