@@ -65,7 +65,9 @@ class Collector:
     received_copies: Counter[int] = field(default_factory=Counter)  # node -> topic messages received
     duplicate_copies: Counter[int] = field(default_factory=Counter)  # node -> of those, already seen
     generations: list[Generation] = field(default_factory=list)
-    lookups: list[tuple[float, bool, int]] = field(default_factory=list)  # (t, success, peers queried)
+    #: (t, outcome, peers queried, seconds taken); outcome: "ok" (a live provider found), "timeout" (nothing
+    #: within the lookup's deadline), "none" (an answer without providers), "gone" (only departed providers).
+    lookups: list[tuple[float, str, int, float]] = field(default_factory=list)
     churn_events: list[tuple[float, str, int]] = field(default_factory=list)  # (t, kind, node)
     adversary: Counter[str] = field(default_factory=Counter)
     # receiver -> advert peer -> highest seq it has accepted (to spot replays that got in)
@@ -181,8 +183,8 @@ def success_over_time(c: Collector, bucket_s: float, end_s: float) -> list[dict]
 
 def summarise(c: Collector, *, end_s: float, scenario: dict) -> dict:
     """The content of `metrics.json` (wall-clock free, rounded, sorted by the writer)."""
-    lookups_ok = [q for _t, ok, q in c.lookups if ok]
-    hops = Counter(q for _t, _ok, q in c.lookups)
+    lookups_ok = [took for _t, outcome, _q, took in c.lookups if outcome == "ok"]
+    hops = Counter(q for _t, _o, q, _s in c.lookups)
     received = sum(c.received_copies.values())
     dups = sum(c.duplicate_copies.values())
     first = received - dups
@@ -201,7 +203,13 @@ def summarise(c: Collector, *, end_s: float, scenario: dict) -> dict:
             "successful": len(lookups_ok),
             "success_ratio": r(len(lookups_ok) / len(c.lookups)) if c.lookups else None,
             "peers_queried_histogram": {str(k): v for k, v in sorted(hops.items())},
-            "peers_queried_mean": r(sum(q for *_x, q in c.lookups) / len(c.lookups)) if c.lookups else None,
+            "peers_queried_mean": r(sum(q for _t, _o, q, _s in c.lookups) / len(c.lookups))
+            if c.lookups
+            else None,
+            "failures": dict(sorted(Counter(o for _t, o, _q, _s in c.lookups if o != "ok").items())),
+            "successful_s": {"p50": r(quantile(lookups_ok, 0.5), 3), "p99": r(quantile(lookups_ok, 0.99), 3)}
+            if lookups_ok
+            else None,
         },
         "generations": {
             "honest": _generations(c, "honest"),

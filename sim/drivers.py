@@ -23,6 +23,9 @@ from .collect import Generation
 if TYPE_CHECKING:
     from .runner import SimNode
 
+#: A provider lookup that has found no live provider by then counts as failed ("timeout").
+LOOKUP_DEADLINE_S = 10.0
+
 
 class Drivers:
     """What `Simulation` does to its nodes over time (see `sim.runner`)."""
@@ -172,10 +175,16 @@ class Drivers:
         t = trio.current_time()
         found = []
         try:
-            with trio.move_on_after(10):
+            with trio.move_on_after(LOOKUP_DEADLINE_S) as deadline:
                 found = await node.p2p.discovery.find_providers(self.model_ref.sha256, block)
         finally:
             with suppress(AttributeError):
                 del store._get_providers_from_peer_with_closers
         live = [p for p in found if (s := self.by_peer.get(str(p.peer_id))) is not None and s.up]
-        self.c.lookups.append((t, bool(live), queried))
+        if live:
+            outcome = "ok"
+        elif deadline.cancelled_caught:
+            outcome = "timeout"
+        else:
+            outcome = "gone" if found else "none"
+        self.c.lookups.append((t, outcome, queried, trio.current_time() - t))

@@ -110,6 +110,9 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
         "",
         f"- provider lookups: {dht['lookups']}, success ratio {_fmt(dht['success_ratio'])} (success = at least one "
         "provider found that is up)",
+        f"- failed lookups by cause: {dht.get('failures') or 'none'} (timeout: no live provider within 10 s; none: "
+        "an answer without providers; gone: only providers that have left); successful lookups took "
+        f"{_lookup_times(dht.get('successful_s'))}",
         f"- peers queried per lookup (mean {_fmt(dht['peers_queried_mean'])}): "
         f"{dht['peers_queried_histogram']}. py-libp2p hides the lookup path, so *peers queried* in the "
         "provider phase stands in for hops; 0 means the node answered from its own provider store.",
@@ -193,3 +196,7 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def _lookup_times(q: dict | None) -> str:
+    return "-" if not q else f"p50 {_fmt(q['p50'])} s, p99 {_fmt(q['p99'])} s"
