@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import pytest
 from libp2p.kad_dht.kad_dht import _encode_key
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
 
 from node.p2p.clock import WallClock
 from node.p2p.discovery import AdvertRecordValidator, Discovery, advert_value_key, blocks_of, provider_key
@@ -81,3 +84,31 @@ async def test_the_routing_table_is_filled_from_connected_peers() -> None:
     async with open_swarm(3) as nodes:
         await wait_for(lambda: all(n.p2p.discovery.routing_table_size() >= 2 for n in nodes), 15)
         assert isinstance(nodes[0].p2p.discovery, Discovery)
+
+
+async def test_a_node_with_a_few_cached_records_of_departed_providers_still_finds_the_live_ones() -> None:
+    # A node caches the providers a lookup found, and the library answers from that cache alone. Under
+    # churn the cache can hold just providers that have left: with fewer than a few, the network is asked.
+    bodies = {1: model_body(0, 8), 2: model_body(0, 8)}
+    async with open_swarm(3, bodies=bodies) as nodes:
+        key = _encode_key(provider_key(MODEL.sha256, 0))
+        store = nodes[0].p2p.discovery.dht.provider_store
+        await wait_for(
+            lambda: all(len(n.p2p.discovery.dht.provider_store.get_providers(key)) == 2 for n in nodes), 15
+        )
+        store.providers[key].clear()
+        gone = ID.from_base58(Identity.from_int(77).peer_id)
+        store.add_provider(key, PeerInfo(gone, [Multiaddr("/ip4/127.0.0.1/tcp/9")]))
+        assert [p.peer_id for p in store.get_providers(key)] == [gone]
+        found = {a.peer_id for a in await nodes[0].p2p.find_providers(MODEL.sha256, 0)}
+        assert {nodes[1].peer_id, nodes[2].peer_id} <= found
+
+
+def test_the_library_waits_at_most_our_query_timeout_for_one_dht_peer() -> None:
+    # Its lookups go in lock-step rounds: one silent peer costs the whole round this long.
+    from libp2p.kad_dht import kad_dht, peer_routing, provider_store
+
+    from node.p2p.discovery import DHT_QUERY_TIMEOUT_S
+
+    for module in (kad_dht, peer_routing, provider_store):
+        assert module.QUERY_TIMEOUT == DHT_QUERY_TIMEOUT_S < 10
