@@ -320,6 +320,8 @@ class Client:
         self.bans = bans or Bans()
         self.proto = infer_protocol(self.settings.step_timeout_s, self.settings.step_timeout_s)
         self._rng = random.Random(self.settings.seed)
+        #: Providers whose first step for this client was spot-checked (see `_Run.step`).
+        self.first_checked: set[str] = set()
 
     def _payable(self, advert: SignedAdvert) -> bool:
         """Free, or priced on the chain and contract our payer pays through."""
@@ -457,7 +459,14 @@ class _Run:
             except HopFailed as exc:
                 self._ban(exc)
                 i, out = await self._replace(i, pos, upto)
-            if self.c.settings.spot_check_p > 0 and self.c._rng.random() < self.c.settings.spot_check_p:
+            p = self.c.settings.spot_check_p
+            drawn = p > 0 and self.c._rng.random() < p
+            provider = self.chain[i].hop.peer_id
+            # A provider's first step for this client is always checked: a provider that lies on every
+            # step is then caught before any token comes from its output (with random checks alone, the
+            # tokens sampled before the catch stay wrong). Later steps are checked with probability p.
+            if p > 0 and (drawn or provider not in self.c.first_checked):
+                self.c.first_checked.add(provider)
                 i, out = await self._spot_check(i, pos, upto, out)
             x = out
             i += 1
