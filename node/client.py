@@ -461,12 +461,13 @@ class _Run:
                 i, out = await self._replace(i, pos, upto)
             p = self.c.settings.spot_check_p
             drawn = p > 0 and self.c._rng.random() < p
-            provider = self.chain[i].hop.peer_id
             # A provider's first step for this client is always checked: a provider that lies on every
             # step is then caught before any token comes from its output (with random checks alone, the
-            # tokens sampled before the catch stay wrong). Later steps are checked with probability p.
-            if p > 0 and (drawn or provider not in self.c.first_checked):
-                self.c.first_checked.add(provider)
+            # tokens sampled before the catch stay wrong). Later steps are checked with probability p. A
+            # provider that replaced a caught liar is new too: its output is checked before it is used.
+            while p > 0 and (drawn or self.chain[i].hop.peer_id not in self.c.first_checked):
+                drawn = False
+                self.c.first_checked.add(self.chain[i].hop.peer_id)
                 i, out = await self._spot_check(i, pos, upto, out)
             x = out
             i += 1
