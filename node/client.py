@@ -525,6 +525,7 @@ class _Run:
                 max_tokens=self.max_tokens,
                 params=self.c.settings.route,
                 banned=self.c.bans.banned(trio.current_time()),
+                rng=self.c._rng,  # an unpredictable checker: liars cannot arrange to check each other
             )
         except NoRoute:
             return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -249,12 +250,17 @@ def choose_checker(
     params: RouteParams | None = None,
     banned: Iterable[str] = (),
     single_hop: bool = True,
+    rng: random.Random | None = None,
 ) -> Route:
     """A provider to re-run ``[start, end)`` for a spot check: not one of ``served_by`` nor banned.
 
     With ``single_hop`` (the default) it is one server covering the whole span, so a disagreement points
     at one peer; otherwise any route over the span. Pass both earlier providers in ``served_by`` to find the
     third that decides. Raises `NoRoute` when there is none.
+
+    Without ``rng`` the cheapest eligible server is picked. With it, any eligible server, uniformly: the
+    checker is then not predictable, so providers that lie alike cannot arrange to check each other (the
+    cheapest-first rule let a cheap liar be the checker of every other liar).
     """
     candidates = list(candidates)
     excluded = set(banned) | set(served_by)
@@ -263,18 +269,17 @@ def choose_checker(
     params = params or RouteParams()
     if not 0 <= start < end or max_tokens < 1:
         raise ValueError(f"bad span {start}:{end} or max_tokens {max_tokens}")
-    best: tuple[int, str, Candidate] | None = None
+    eligible: list[tuple[int, str, Candidate]] = []
     for c in _unique(candidates):
         if c.peer_id in excluded or not _has_capacity(c, max_tokens) or not c.start <= start < end <= c.end:
             continue
         if params.whole_ranges and (c.start, c.end) != (start, end):
             continue
-        key = (params.hop_cost(c, start, end), c.peer_id, c)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    if best is None:
+        eligible.append((params.hop_cost(c, start, end), c.peer_id, c))
+    if not eligible:
         raise NoRoute(start, end, "no other single provider with free capacity serves all of them")
-    cost, _, c = best
+    eligible.sort(key=lambda e: e[:2])
+    cost, _, c = eligible[rng.randrange(len(eligible))] if rng is not None else eligible[0]
     return Route(start, end, (_hop(c, start, end, params),), cost)
 
 

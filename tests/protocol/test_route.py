@@ -409,6 +409,23 @@ def test_the_spot_checker_is_another_single_provider_for_the_same_span():
     assert "a" not in chained.peers and (chained.start, chained.end) == (0, 8)
 
 
+def test_a_random_spot_checker_can_be_any_eligible_provider_so_liars_cannot_arrange_to_check_each_other():
+    # "liar2" is the cheapest: cheapest-first would make it the checker of every other 0:8 provider.
+    cands = [server("liar1", 0, 8), server("liar2", 0, 8, latency_ms=1.0)]
+    cands += [server(f"h{i}", 0, 8, latency_ms=40.0) for i in range(4)]
+    assert choose_checker(cands, 0, 8, served_by=["liar1"], max_tokens=100).peers == ("liar2",)
+    rng = random.Random(5)
+    picked = Counter(
+        choose_checker(cands, 0, 8, served_by=["liar1"], max_tokens=100, rng=rng).peers[0] for _ in range(500)
+    )
+    assert set(picked) == {"liar2", "h0", "h1", "h2", "h3"}  # each eligible one, never the checked one
+    assert max(picked.values()) < 150  # about uniform: 100 each
+    assert choose_checker(cands, 0, 8, served_by=["liar1", "h0"], max_tokens=100, rng=rng).peers[0] not in (
+        "liar1",
+        "h0",
+    )
+
+
 def test_a_candidate_is_read_from_a_signed_advert():
     ident = Identity.from_int(7)
     body = AdvertBody(
