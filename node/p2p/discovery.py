@@ -31,13 +31,13 @@ from protocol.errors import MalformedMessage
 #: Layers per provider block: a node serving layers [s, e) provides every block that range touches.
 BLOCK_LAYERS = 8
 ADVERT_NAMESPACE = "steppe-advert"
-#: Concurrent provider queries, and how long one may take, when we look past our own provider record.
-LOOKUP_ALPHA = 5
-PROVIDER_QUERY_TIMEOUT_S = 4.0
 #: How long the library waits for one DHT peer's answer (its default is 10 s). Its lookups go in lock-step
 #: rounds that wait for the slowest peer of each, so one peer that never answers used to cost a whole
 #: 10 s lookup budget; answers take ~0.4 s (p99 ~3 s) on 50 ms links under churn.
 DHT_QUERY_TIMEOUT_S = 4.0
+#: Concurrent provider queries, and how long one may take, when we look past our local provider records.
+LOOKUP_ALPHA = 5
+PROVIDER_QUERY_TIMEOUT_S = DHT_QUERY_TIMEOUT_S
 #: A node that holds provider records (as a record keeper, or cached from an earlier lookup) answers from
 #: them alone; with fewer providers than this there it also asks the network, since a few cached records
 #: may all be of providers that have left.
