@@ -81,6 +81,11 @@ async def diagnosis(procs: list[Proc], client: httpx.AsyncClient) -> str:
     return "\n".join(lines)
 
 
+def each_sees_the_others(seen: list[set[str] | None], ids: list[str]) -> bool:
+    """Every node's view (from `views`) holds the adverts of all the others."""
+    return all(v == set(ids) - {pid} for v, pid in zip(seen, ids, strict=True))
+
+
 async def views(procs: list[Proc], client: httpx.AsyncClient) -> list[set[str] | None]:
     out = []
     for p in procs:
@@ -111,7 +116,7 @@ async def test_five_processes_see_each_other_forget_a_killed_one_and_a_late_one_
             with trio.move_on_after(15):
                 while True:
                     seen = await views(procs, client)
-                    if all(v == set(ids) - {pid} for v, pid in zip(seen, ids, strict=True)):
+                    if each_sees_the_others(seen, ids):
                         break
                     await trio.sleep(0.3)
             spread_s = time.monotonic() - start
@@ -183,8 +188,7 @@ async def test_a_node_stalled_past_the_advert_ttl_blames_no_relay_and_catches_up
         ids = [p.peer_id for p in procs]
 
         async def all_see_all(client: httpx.AsyncClient) -> bool:
-            seen = await views(procs, client)
-            return all(v == set(ids) - {pid} for v, pid in zip(seen, ids, strict=True))
+            return each_sees_the_others(await views(procs, client), ids)
 
         async with httpx.AsyncClient() as client:
             with trio.fail_after(75):
