@@ -10,6 +10,7 @@ synchronous entry point: it returns the metrics dict and never touches the wall 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import math
@@ -476,12 +477,31 @@ def run_scenario(
     """Run ``scenario`` to its end (blocking). ``seed`` defaults to the scenario's. ``quiet`` silences
     libp2p's own stdlib loggers (thousands of per-stream warnings at scale) for the run."""
     seed = scenario.seed if seed is None else seed
-    with _workdir(workdir) as wd, _quiet_libp2p(quiet):
+    with _workdir(workdir) as wd, _quiet_libp2p(quiet), _rare_gc():
         sim = Simulation(scenario, seed, wd, progress)
         t0, c0 = time.monotonic(), time.process_time()
         metrics = trio.run(sim.main, clock=sim.clock)
         wall, cpu = time.monotonic() - t0, time.process_time() - c0
     return RunResult(metrics, wall, scenario.duration_s, scenario, seed, sim.curves, cpu_s=cpu)
+
+
+#: Allocations between young-generation collections during a run (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+@contextlib.contextmanager
+def _rare_gc() -> Iterator[None]:
+    """Collect cyclic garbage rarely during a run. Hundreds of nodes keep millions of live objects, and
+    with CPython's default thresholds the collector scanned them about 50 times per virtual second: a
+    fifth of the CPU of an 84-node run (137 s -> 111 s CPU with this). Collection still happens, just in
+    larger batches; the run's metrics stay a function of scenario and seed (collection times are too)."""
+    saved = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
+from node.p2p import speedups as _speedups  # noqa: F401  (library fixes, installed on import)
 from protocol.errors import ConfigError
 from protocol.identity import Identity
 

@@ -1,0 +1,275 @@
+"""py-libp2p 0.8.1 hot spots, fixed in place: found by profiling hundreds of nodes in one process.
+
+Each costs a busy real node the same CPU per message as it cost the simulator. `install` applies them once;
+importing `node.p2p.host` installs them. None changes what goes on the wire except fewer WINDOW_UPDATEs.
+
+**Yamux credit in batches.** Yamux is credit-based: a stream's sender may have at most a window (256 KiB) of
+bytes unacknowledged, and the receiver hands credit back with WINDOW_UPDATE frames; when is the receiver's
+choice. py-libp2p sends one after nearly every read, and reads are small (its length-prefixed readers read
+the varint prefix one byte per call). In an 84-node simulation Yamux sent 2.9 WINDOW_UPDATE frames per DATA
+frame with the library's default, and 1.4 with its own batching switch (``PY_YAMUX_RELEASE_ON_READ=0``),
+whose "partial slack" branch still answers nearly every read. Each such frame is a Noise message, a write,
+a read and several scheduler turns on both ends. Here, bytes consumed by reads accumulate and go back in one
+WINDOW_UPDATE once they reach half the receive window, as go-yamux does (with the library's auto-tuning,
+which may double the window of a fast bulk stream). A reader that keeps up never leaves its sender waiting
+for credit; one that stops reading stops its sender after a window, which is what flow control is for. The
+check takes the stream's window lock only when an update is due, so a read costs no extra scheduler turn.
+
+**A task's parent in O(1).** The library's service manager records which task spawned each task, and finds
+it by walking every task of the service (every peer's writer, reader, each message in flight) and comparing
+trio tasks: pubsub spawns a task per received message, so each message paid a walk over hundreds of tasks
+(about 5% of the simulator's CPU). Here each running task is remembered by its trio task, and the answer is
+checked to be attached, link by link, to this manager's tree, so it is exactly what the walk would find.
+
+**Locks that do not yield when free.** A trio ``Lock`` is a scheduling point even when nobody holds it:
+acquiring it parks the task for one scheduler turn. Yamux and the stream wrapper take four such locks per
+frame written (stream state, the stream's writer lock and window lock, the connection's write lock) and
+two per read, so a gossip message paid several scheduler turns in lock acquisitions alone. The locks of
+those modules are replaced by `FastLock`/`FastSemaphore`: the same trio lock underneath (fair hand-off,
+owner checks), but a free lock is taken at once. Cancellation is still checked on every acquire, and
+every write still ends in the library's own scheduling point, so no loop runs without yielding.
+
+**A frame body already in hand is read without a timer.** Yamux reads each DATA frame's body under a 60 s
+deadline (a cancel scope registered with trio's deadline heap, per frame). The sender writes header and body
+as one Noise message, so once the header is read the body is nearly always buffered already; then it is
+taken at once, and only a body still on its way gets the library's timed read.
+
+**The sender's signed record, built once a second.** Every pubsub RPC and DHT message carries the sender's
+signed peer record, and the library rebuilt the host's address list (multiaddr parsing) and re-decoded the
+cached record on every message to check that the addresses had not changed. The envelope is now reused for
+up to `SENDER_RECORD_RECHECK_S` of trio time per host, so a change of address reaches peers within it.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from typing import Any
+
+import libp2p.network.stream.net_stream as _net_stream_module
+import libp2p.peer.peerstore as _peerstore_module
+import libp2p.stream_muxer.rw_lock as _rw_lock_module
+import libp2p.stream_muxer.yamux.yamux as _yamux_module
+import trio
+from libp2p.io.utils import read_exactly
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.tools.anyio_service.trio_manager import TrioManager
+from libp2p.tools.anyio_service.trio_tasks import FunctionTask
+
+__all__ = ["SENDER_RECORD_RECHECK_S", "FastLock", "FastSemaphore", "install", "release_threshold"]
+
+#: How long a host's signed peer record is reused before its addresses are compared again (trio seconds).
+SENDER_RECORD_RECHECK_S = 1.0
+
+
+def release_threshold(stream: YamuxStream) -> int:
+    """Consumed bytes that make a WINDOW_UPDATE due: half the stream's current receive window."""
+    return max(stream.target_recv_window // 2, 1)
+
+
+async def _release_credit(self: YamuxStream, *, bytes_read: int = 0) -> None:
+    if bytes_read > 0:
+        self._pending_recv_release += bytes_read
+    if self._pending_recv_release < release_threshold(self):
+        return
+    async with self.window_lock:
+        pending = self._pending_recv_release
+        if pending < release_threshold(self):  # another reader released it meanwhile
+            return
+        self._pending_recv_release = 0
+        self.recv_window += pending
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        increment = pending + self._apply_autotune_epoch(buffered)
+    await self.send_window_update(increment, skip_lock=True)
+
+
+# The FunctionTask each running trio task executes (set when it starts, dropped when it ends).
+_running: dict[trio.lowlevel.Task, FunctionTask] = {}
+
+
+def _get_trio_task(self: FunctionTask) -> trio.lowlevel.Task:
+    return _trio_task_property.fget(self)  # type: ignore[misc]
+
+
+def _set_trio_task(self: FunctionTask, value: trio.lowlevel.Task) -> None:
+    _trio_task_property.fset(self, value)  # type: ignore[misc]
+    _running[value] = self
+
+
+async def _run(self: FunctionTask) -> None:
+    try:
+        await _original_run(self)
+    finally:
+        if self._trio_task is not None and _running.get(self._trio_task) is self:
+            del _running[self._trio_task]
+
+
+def _find_parent_task(self: TrioManager, trio_task: trio.lowlevel.Task):  # type: ignore[no-untyped-def]
+    task = _running.get(trio_task)
+    if task is None:
+        return None
+    node = task
+    while node.parent is not None:  # reachable from this manager's roots, as the walk requires
+        if node not in node.parent.children:
+            return None
+        node = node.parent
+    return task if node in self._root_tasks else None
+
+
+class FastLock:
+    """A `trio.Lock` whose acquire parks the task only when the lock is held (see the module notes)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    def acquire_nowait(self) -> None:
+        self._lock.acquire_nowait()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def statistics(self) -> Any:
+        return self._lock.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class FastSemaphore:
+    """A `trio.Semaphore` whose acquire parks the task only when no token is free."""
+
+    __slots__ = ("_sem",)
+
+    def __init__(self, initial_value: int, *, max_value: int | None = None) -> None:
+        self._sem = trio.Semaphore(initial_value, max_value=max_value)
+
+    @property
+    def value(self) -> int:
+        return self._sem.value
+
+    @property
+    def max_value(self) -> int | None:
+        return self._sem.max_value
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._sem.acquire_nowait()
+        except trio.WouldBlock:
+            await self._sem.acquire()
+
+    def acquire_nowait(self) -> None:
+        self._sem.acquire_nowait()
+
+    def release(self) -> None:
+        self._sem.release()
+
+    def statistics(self) -> Any:
+        return self._sem.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._sem.release()
+
+
+def _trio_with_fast_locks() -> types.ModuleType:
+    """A stand-in for the ``trio`` name inside a library module: trio itself, but with our locks."""
+    proxy = types.ModuleType("trio")
+    proxy.__dict__.update(trio.__dict__)
+    proxy.Lock = FastLock  # type: ignore[attr-defined]
+    proxy.Semaphore = FastSemaphore  # type: ignore[attr-defined]
+    proxy.steppe_fast_locks = True  # type: ignore[attr-defined]
+    return proxy
+
+
+_LOCKED_MODULES = (_yamux_module, _net_stream_module, _rw_lock_module)
+
+
+async def _read_data_body(self: Yamux, length: int) -> bytes:
+    conn = self.secured_conn
+    buffered = getattr(conn, "high_watermark", 0) - getattr(conn, "low_watermark", 0)
+    if buffered >= length:
+        return await read_exactly(conn, length)
+    return await _original_read_data_body(self, length)
+
+
+_original_read_data_body = Yamux._read_data_body
+_original_env_to_send = _peerstore_module.env_to_send_in_RPC
+# host -> (signed record bytes, trio time it was last checked against the host's addresses)
+_sender_records: weakref.WeakKeyDictionary[Any, tuple[bytes, float]] = weakref.WeakKeyDictionary()
+
+
+def _env_to_send_in_rpc(host: Any) -> tuple[bytes, bool]:
+    try:
+        now = trio.current_time()
+    except RuntimeError:  # outside trio: no clock to age the cache by
+        return _original_env_to_send(host)
+    hit = _sender_records.get(host)
+    if hit is not None and now - hit[1] < SENDER_RECORD_RECHECK_S:
+        return hit[0], False
+    record, fresh = _original_env_to_send(host)
+    _sender_records[host] = (record, now)
+    return record, fresh
+
+
+def _users_of_env_to_send() -> list[types.ModuleType]:
+    """The library modules that imported ``env_to_send_in_RPC`` by name (pubsub, DHT, identify, ...)."""
+    import importlib
+    import sys
+
+    for name in (
+        "libp2p.pubsub.pubsub",
+        "libp2p.pubsub.gossipsub",
+        "libp2p.kad_dht.kad_dht",
+        "libp2p.kad_dht.peer_routing",
+        "libp2p.kad_dht.provider_store",
+        "libp2p.kad_dht.value_store",
+        "libp2p.identity.identify.identify",
+    ):
+        importlib.import_module(name)
+    return [
+        m
+        for n, m in sorted(sys.modules.items())
+        if n.startswith("libp2p") and getattr(m, "env_to_send_in_RPC", None) is _original_env_to_send
+    ]
+
+
+_trio_task_property = FunctionTask.trio_task
+_original_run = FunctionTask.run
+
+
+def install() -> None:
+    """Apply the fixes (idempotent)."""
+    if getattr(YamuxStream._auto_tune_and_send_window_update, "steppe_batched", False):
+        return
+    _release_credit.steppe_batched = True  # type: ignore[attr-defined]
+    YamuxStream._auto_tune_and_send_window_update = _release_credit  # type: ignore[method-assign]
+    FunctionTask.trio_task = property(_get_trio_task, _set_trio_task)  # type: ignore[method-assign,assignment]
+    FunctionTask.run = _run  # type: ignore[method-assign]
+    TrioManager._find_parent_task = _find_parent_task  # type: ignore[method-assign]
+    Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
+    for module in _users_of_env_to_send():
+        module.env_to_send_in_RPC = _env_to_send_in_rpc  # type: ignore[attr-defined]
+    fast_trio = _trio_with_fast_locks()
+    for module in _LOCKED_MODULES:
+        module.trio = fast_trio  # type: ignore[attr-defined]
+
+
+install()
