@@ -34,6 +34,11 @@ deadline (a cancel scope registered with trio's deadline heap, per frame). The s
 as one Noise message, so once the header is read the body is nearly always buffered already; then it is
 taken at once, and only a body still on its way gets the library's timed read.
 
+**Recent messages replayed in one RPC.** When a peer subscribes, GossipSub hands it the messages of its
+recent window (about 3 s), each in an RPC of its own with the sender's record attached; a node meets a new
+peer every few seconds under churn. They now go together, up to `REPLAY_BATCH` per RPC, filtered by the
+peer's score exactly as before.
+
 **The sender's signed record, built once a second.** Every pubsub RPC and DHT message carries the sender's
 signed peer record, and the library rebuilt the host's address list (multiaddr parsing) and re-decoded the
 cached record on every message to check that the addresses had not changed. The envelope is now reused for
@@ -48,6 +53,7 @@ from typing import Any
 
 import libp2p.network.stream.net_stream as _net_stream_module
 import libp2p.peer.peerstore as _peerstore_module
+import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.stream_muxer.rw_lock as _rw_lock_module
 import libp2p.stream_muxer.yamux.yamux as _yamux_module
 import trio
@@ -56,10 +62,19 @@ from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.tools.anyio_service.trio_manager import TrioManager
 from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
-__all__ = ["SENDER_RECORD_RECHECK_S", "FastLock", "FastSemaphore", "install", "release_threshold"]
+__all__ = [
+    "REPLAY_BATCH",
+    "SENDER_RECORD_RECHECK_S",
+    "FastLock",
+    "FastSemaphore",
+    "install",
+    "release_threshold",
+]
 
 #: How long a host's signed peer record is reused before its addresses are compared again (trio seconds).
 SENDER_RECORD_RECHECK_S = 1.0
+#: Most recent messages replayed to a newly subscribed peer in one RPC.
+REPLAY_BATCH = 32
 
 
 def release_threshold(stream: YamuxStream) -> int:
@@ -229,6 +244,28 @@ def _env_to_send_in_rpc(host: Any) -> tuple[bytes, bool]:
     return record, fresh
 
 
+async def _send_recent_messages(self: Any, peer_id: Any, topic: str) -> None:
+    pubsub = self.pubsub
+    if pubsub is None or peer_id not in pubsub.peers:
+        return
+    messages = []
+    for mid in self.mcache.window(topic):
+        msg = self.mcache.get(mid)
+        if msg is None:
+            continue
+        if self.scorer is not None and not self.scorer.allow_publish(peer_id, list(msg.topicIDs)):
+            continue
+        messages.append(msg)
+    stream = pubsub.peers[peer_id]
+    for start in range(0, len(messages), REPLAY_BATCH):
+        rpc = _gossipsub_module.rpc_pb2.RPC(publish=messages[start : start + REPLAY_BATCH])
+        rpc.senderRecord = _env_to_send_in_rpc(pubsub.host)[0]
+        try:
+            await pubsub.write_msg(stream, rpc)
+        except Exception:  # the library logs and moves on too: the peer may be gone
+            return
+
+
 def _users_of_env_to_send() -> list[types.ModuleType]:
     """The library modules that imported ``env_to_send_in_RPC`` by name (pubsub, DHT, identify, ...)."""
     import importlib
@@ -265,6 +302,7 @@ def install() -> None:
     FunctionTask.run = _run  # type: ignore[method-assign]
     TrioManager._find_parent_task = _find_parent_task  # type: ignore[method-assign]
     Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
+    _gossipsub_module.GossipSub.send_recent_messages = _send_recent_messages  # type: ignore[method-assign]
     for module in _users_of_env_to_send():
         module.env_to_send_in_RPC = _env_to_send_in_rpc  # type: ignore[attr-defined]
     fast_trio = _trio_with_fast_locks()

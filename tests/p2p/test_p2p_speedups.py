@@ -1,0 +1,300 @@
+"""The library fixes of `node.p2p.speedups`, checked on real hosts over real TCP where they touch the wire."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.yamux import yamux as yamux_module
+from libp2p.tools.anyio_service import Service, background_trio_service
+from libp2p.tools.anyio_service.trio_tasks import FunctionTask
+
+from node.p2p import speedups
+from node.p2p.host import IHost, build_host, open_host, parse_listen_addr
+from protocol.identity import Identity
+
+from .p2p_driver import LOOPBACK
+
+PROTO = TProtocol("/steppe/test-bytes/1")
+WINDOW = yamux_module.DEFAULT_WINDOW_SIZE
+
+
+@asynccontextmanager
+async def _pair(handler) -> AsyncIterator[tuple[IHost, IHost]]:  # type: ignore[no-untyped-def]
+    a = build_host(Identity.from_int(81), [parse_listen_addr(LOOPBACK)])
+    b = build_host(Identity.from_int(82), [parse_listen_addr(LOOPBACK)])
+    async with open_host(a, [parse_listen_addr(LOOPBACK)]), open_host(b, [parse_listen_addr(LOOPBACK)]):
+        b.set_stream_handler(PROTO, handler)
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        yield a, b
+
+
+@pytest.fixture
+def window_updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Increments of the plain WINDOW_UPDATE frames (no SYN/ACK/FIN/RST flag) every host writes."""
+    sent: list[int] = []
+    original = yamux_module.Yamux._write_frame
+
+    async def counting(self, data: bytes) -> None:  # type: ignore[no-untyped-def]
+        _, typ, flags, _sid, length = struct.unpack(yamux_module.YAMUX_HEADER_FORMAT, data[:12])
+        if typ == yamux_module.TYPE_WINDOW_UPDATE and flags == 0:
+            sent.append(length)
+        await original(self, data)
+
+    monkeypatch.setattr(yamux_module.Yamux, "_write_frame", counting)
+    return sent
+
+
+async def _read_exactly(stream: INetStream, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = await stream.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+async def test_small_reads_return_credit_in_half_window_batches(window_updates: list[int]) -> None:
+    # 3000 messages of 100 bytes, each read with a 1-byte prefix read first, as the library's readers do.
+    # The library's default answered nearly every read with a WINDOW_UPDATE (thousands here).
+    got = trio.Event()
+    received = bytearray()
+
+    async def handler(stream: INetStream) -> None:
+        for _ in range(3000):
+            prefix = await _read_exactly(stream, 1)
+            received.extend(prefix + await _read_exactly(stream, prefix[0]))
+        got.set()
+
+    async with _pair(handler) as (a, b):
+        stream = await a.new_stream(b.get_id(), [PROTO])
+        payload = b"".join(bytes([99]) + bytes([i % 251]) * 99 for i in range(3000))
+        for i in range(0, len(payload), 100):
+            await stream.write(payload[i : i + 100])
+        with trio.fail_after(20):
+            await got.wait()
+        assert bytes(received) == payload
+        # 300 000 bytes consumed: two batches of at least half a window each, nothing per read.
+        assert 1 <= len(window_updates) <= 3
+        assert all(n >= WINDOW // 2 for n in window_updates)
+
+
+async def test_a_transfer_many_windows_long_completes_intact() -> None:
+    size = 8 * WINDOW + 12345
+    payload = hashlib.shake_256(b"bulk").digest(size)
+    digest = trio.Event()
+    seen: list[bytes] = []
+
+    async def handler(stream: INetStream) -> None:
+        seen.append(await _read_exactly(stream, size))
+        digest.set()
+
+    async with _pair(handler) as (a, b):
+        stream = await a.new_stream(b.get_id(), [PROTO])
+        with trio.fail_after(30):
+            await stream.write(payload)
+            await digest.wait()
+        assert seen == [payload]
+
+
+async def test_a_reader_that_stops_reading_stops_its_sender_after_one_window() -> None:
+    reading = trio.Event()
+    got: list[bytes] = []
+    size = 4 * WINDOW
+
+    async def handler(stream: INetStream) -> None:
+        await reading.wait()
+        got.append(await _read_exactly(stream, size))
+
+    async with _pair(handler) as (a, b):
+        stream = await a.new_stream(b.get_id(), [PROTO])
+        written = 0
+        done = trio.Event()
+
+        async def writer() -> None:
+            nonlocal written
+            for _ in range(size // 16384):
+                await stream.write(b"x" * 16384)
+                written += 16384
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            await trio.sleep(1.0)
+            assert written <= WINDOW + 16384  # flow control holds the sender at one window
+            assert not done.is_set()
+            reading.set()
+            with trio.fail_after(20):
+                await done.wait()
+        with trio.fail_after(10):
+            while not got:
+                await trio.sleep(0.01)
+        assert got == [b"x" * size]
+
+
+async def test_a_free_fast_lock_is_taken_without_letting_another_task_run() -> None:
+    lock = speedups.FastLock()
+    ran: list[int] = []
+
+    async def other() -> None:
+        ran.append(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        async with lock:
+            assert ran == []  # no scheduler turn happened
+            assert lock.locked()
+        await trio.sleep(0)
+    assert ran == [1] and not lock.locked()
+
+
+async def test_a_held_fast_lock_is_handed_over_in_order_and_honours_cancellation() -> None:
+    lock = speedups.FastLock()
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        async with lock:
+            order.append(i)
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        await lock.acquire()
+        for i in range(3):
+            nursery.start_soon(take, i)
+            await trio.sleep(0.001)
+        lock.release()
+    assert order == [0, 1, 2]
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await lock.acquire()  # a cancelled acquire raises even when the lock is free
+    assert scope.cancelled_caught and not lock.locked()
+
+
+async def test_fast_semaphore_counts_tokens() -> None:
+    sem = speedups.FastSemaphore(2)
+    await sem.acquire()
+    async with sem:
+        assert sem.value == 0
+        with pytest.raises(trio.WouldBlock):
+            sem.acquire_nowait()
+    sem.release()
+    assert sem.value == 2
+
+
+class _Tree(Service):
+    """A service whose tasks spawn tasks; each records the parent the manager finds for its children."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[object, object]] = []
+        self.done = trio.Event()
+
+    async def run(self) -> None:
+        self.manager.run_task(self._level, 0)
+        await self.done.wait()
+
+    async def _level(self, depth: int) -> None:
+        me = trio.lowlevel.current_task()
+        walked = next(
+            (
+                t
+                for t in FunctionTask.iterate_tasks(*self.manager._root_tasks)
+                if t.has_trio_task and t.trio_task is me
+            ),
+            None,
+        )
+        self.found.append((self.manager._find_parent_task(me), walked))
+        if depth < 3:
+            for _ in range(2):
+                self.manager.run_task(self._level, depth + 1)
+            await trio.sleep(0.05)
+        else:
+            await trio.sleep(0.01)
+        if depth == 0:
+            self.done.set()
+
+
+async def test_a_task_parent_is_found_as_the_full_walk_finds_it() -> None:
+    tree = _Tree()
+    async with background_trio_service(tree) as manager:
+        with trio.fail_after(5):
+            await tree.done.wait()
+        outsider = manager._find_parent_task(trio.lowlevel.current_task())
+    assert outsider is None  # a task that is not one of the service's
+    assert len(tree.found) == 15
+    for fast, walked in tree.found:
+        assert fast is walked and isinstance(fast, FunctionTask)
+
+
+async def test_the_sender_record_is_reused_for_a_second_then_rechecked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = build_host(Identity.from_int(83), [parse_listen_addr(LOOPBACK)])
+    calls = []
+    real = host.get_addrs
+
+    def counted():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(host, "get_addrs", counted)
+    async with open_host(host, [parse_listen_addr(LOOPBACK)]):
+        first, _ = speedups._env_to_send_in_rpc(host)
+        n = len(calls)
+        for _ in range(50):
+            assert speedups._env_to_send_in_rpc(host)[0] == first
+        assert len(calls) == n  # no address rebuild within the second
+        await trio.sleep(speedups.SENDER_RECORD_RECHECK_S + 0.05)
+        assert speedups._env_to_send_in_rpc(host)[0] == first  # same addresses: same record
+        assert len(calls) > n
+
+
+async def test_recent_messages_reach_a_new_subscriber_in_one_rpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+
+    topic = "/steppe/test-replay/1"
+    rpcs_with_publish: list[int] = []
+    original = Pubsub.write_msg
+
+    async def counting(self, stream, rpc) -> bool:  # type: ignore[no-untyped-def]
+        if rpc.publish:
+            rpcs_with_publish.append(len(rpc.publish))
+        return await original(self, stream, rpc)
+
+    monkeypatch.setattr(Pubsub, "write_msg", counting)
+    peers = []
+    for n in (84, 85):
+        host = build_host(Identity.from_int(n), [parse_listen_addr(LOOPBACK)])
+        router = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1)
+        peers.append((host, router, Pubsub(host, router)))
+    (a, _, pa), (b, _, pb) = peers
+    async with (
+        open_host(a, [parse_listen_addr(LOOPBACK)]),
+        open_host(b, [parse_listen_addr(LOOPBACK)]),
+        background_trio_service(pa),
+        background_trio_service(peers[0][1]),
+        background_trio_service(pb),
+        background_trio_service(peers[1][1]),
+    ):
+        await pa.wait_until_ready()
+        await pb.wait_until_ready()
+        await pa.subscribe(topic)
+        for i in range(5):
+            await pa.publish(topic, b"recent %d" % i)  # nobody listens yet: only the message cache has them
+        sub = await pb.subscribe(topic)
+        await b.connect(PeerInfo(a.get_id(), a.get_addrs()))
+        got = []
+        with trio.fail_after(10):
+            while len(got) < 5:
+                got.append((await sub.get()).data)
+    assert sorted(got) == [b"recent %d" % i for i in range(5)]
+    assert rpcs_with_publish == [5]  # one replay RPC, not five
