@@ -7,7 +7,7 @@ EIP-191 — lets anyone check that a payment address belongs to the peer that ad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import nacl.bindings
 import nacl.signing
@@ -82,8 +82,21 @@ def binding_message(peer_id: str) -> bytes:
     return BINDING_DOMAIN + peer_id.encode()
 
 
+#: Verified EVM bindings remembered (a binding never changes while its node runs; one per peer).
+BINDING_CACHE_SIZE = 4096
+
+
 def verify_evm_binding(peer_id: str, evm_address: str, signature: bytes) -> None:
-    """Raises `InvalidSignature` unless ``evm_address`` signed ``peer_id`` (EIP-191)."""
+    """Raises `InvalidSignature` unless ``evm_address`` signed ``peer_id`` (EIP-191).
+
+    A node republishes the same binding in every advert, so the secp256k1 recovery runs once per distinct
+    (peer, address, signature) that verified; a failure is not remembered and fails again when asked."""
+    _verify_evm_binding_once(peer_id, evm_address, bytes(signature))
+
+
+@lru_cache(maxsize=BINDING_CACHE_SIZE)
+def _verify_evm_binding_once(peer_id: str, evm_address: str, signature: bytes) -> None:
+    # lru_cache keeps return values only: a raised InvalidSignature is raised again on the next call.
     if evm.recover_personal(binding_message(peer_id), signature) != evm_address:
         raise InvalidSignature("EVM binding is signed by another address than the payment address")
 

@@ -44,6 +44,7 @@ class Generation:
     liars_caught: int
     spot_checks: int
     paid_wei: int
+    detail: str = ""  # the error's message when the generation failed
 
 
 @dataclass
@@ -147,6 +148,10 @@ def propagation_curves(c: Collector, end_s: float) -> tuple[list[float], list[fl
     return reach, sorted(x for t, _n in samples for x in t)
 
 
+#: Failed generations listed one by one in the metrics (the counts cover all of them).
+MAX_FAILED_LISTED = 20
+
+
 def _generations(c: Collector, role: str | None) -> dict:
     gens = [g for g in c.generations if role is None or g.role == role]
     ok = [g for g in gens if g.ok]
@@ -162,6 +167,10 @@ def _generations(c: Collector, role: str | None) -> dict:
         "latency_p50_s": r(quantile([g.t_end - g.t_start for g in ok], 0.5)),
         "latency_p99_s": r(quantile([g.t_end - g.t_start for g in ok], 0.99)),
         "failures": dict(sorted(Counter(g.reason for g in gens if not g.ok).items())),
+        # Each failure with its start time and message (there are few; a pattern shows in the messages).
+        "failed": [
+            {"t_s": r(g.t_start, 3), "reason": g.reason, "detail": g.detail} for g in gens if not g.ok
+        ][:MAX_FAILED_LISTED],
     }
 
 

@@ -105,16 +105,16 @@ class Drivers:
         )
         tokens: list[int] = []
         t0 = trio.current_time()
-        reason = ""
+        reason = detail = ""
         with trio.move_on_after(w.timeout_s) as scope:
             try:
                 async with aclosing(client.generate(prompt, w.max_new_tokens, sampler, stats)) as gen:
                     async for tok in gen:
                         tokens.append(tok)
-            except NoRoute:
-                reason = "no_route"
+            except NoRoute as exc:
+                reason, detail = "no_route", str(exc)[:300]
             except SteppeError as exc:
-                reason = type(exc).__name__
+                reason, detail = type(exc).__name__, str(exc)[:300]
         if scope.cancelled_caught:
             reason = "timeout"
         ok = not reason and len(tokens) == w.max_new_tokens
@@ -141,6 +141,7 @@ class Drivers:
                 len(stats.liars),
                 stats.spot_checks,
                 sum(h.paid_wei for h in stats.hops),
+                detail,
             )
         )
 

@@ -122,6 +122,7 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
         f"- honest: {gh['completed']}/{gh['started']} completed (ratio {_fmt(gh['success_ratio'])}), "
         f"{gh['correct']} token-for-token equal to the backend's reference, {gh['failovers']} failovers, "
         f"{gh['spot_checks']} spot checks; failures {gh['failures']}",
+        *[f"  - failed at {f['t_s']} s: {f['reason']}: {f['detail']}" for f in gh.get("failed", [])],
         f"- latency p50 {_fmt(gh['latency_p50_s'])} s, p99 {_fmt(gh['latency_p99_s'])} s (cost model)",
         f"- tokens served: {m.get('tokens_served', {})}",
         f"- churn events: {m['churn']}",

@@ -75,6 +75,23 @@ def test_evm_binding_for_another_peer_or_address_is_refused(alice: Identity, bob
         verify_evm_binding(alice.peer_id, bob.evm_address, alice.evm_binding())
 
 
+def test_a_verified_binding_is_recovered_once_and_a_bad_one_every_time(
+    alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recoveries = []
+    real = evm.recover_personal
+    monkeypatch.setattr(evm, "recover_personal", lambda m, s: recoveries.append(1) or real(m, s))
+    sig = alice.evm_binding()
+    for _ in range(3):
+        verify_evm_binding(alice.peer_id, alice.evm_address, sig)
+    assert len(recoveries) <= 1  # at most once: an earlier test may have verified this very binding
+    before = len(recoveries)
+    for _ in range(3):
+        with pytest.raises(InvalidSignature):
+            verify_evm_binding(alice.peer_id, bob.evm_address, sig)
+    assert len(recoveries) == before + 3
+
+
 def test_high_s_and_bad_v_signatures_are_refused(alice: Identity) -> None:
     digest = b"\x11" * 32
     sig = evm.sign_hash(alice.evm_key, digest)
