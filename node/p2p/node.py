@@ -202,8 +202,16 @@ class P2PNode:
     # -- connectivity --
 
     def _learn_addrs(self, advert: SignedAdvert) -> None:
-        """Put a verified advert's addresses in the peerstore, so any part of the node can dial its peer."""
+        """Put a verified advert's addresses in the peerstore, so any part of the node can dial its peer.
+
+        A newly accepted advert is fresh evidence that its peer runs, so the peer also leaves the swarm's
+        negative dial cache, which otherwise refuses to dial it for 60 s after one failed dial. Without this
+        a provider that restarted stayed undialable from a gateway that had tried it while it was down, and
+        a generation could spend all its failovers on such providers (3 of 91 failed so in a churn-200 run)."""
         pid = ID.from_base58(advert.peer_id)
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(pid)
         addrs = []
         for text in advert.body.addrs:
             try:

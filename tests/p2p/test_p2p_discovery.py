@@ -112,3 +112,25 @@ def test_the_library_waits_at_most_our_query_timeout_for_one_dht_peer() -> None:
 
     for module in (kad_dht, peer_routing, provider_store):
         assert module.QUERY_TIMEOUT == DHT_QUERY_TIMEOUT_S < 10
+
+
+async def test_a_restarted_peer_is_dialable_again_once_its_new_advert_arrives() -> None:
+    # g fails to dial c while c is down: the swarm then refuses to dial c for 60 s ("negative cache").
+    # c comes back (new port) and its fresh advert reaches g through the hub: that lifts the refusal.
+    async with open_test_node(1) as hub:
+        boot = (hub.p2p.addrs()[0],)
+        async with open_test_node(2, bootstrap=boot) as g:
+            c_id = Identity.from_int(3).peer_id
+            async with open_test_node(3, bootstrap=boot) as c:
+                await wait_for(lambda: c_id in view_ids(g), 15)
+                old = PeerInfo(ID.from_base58(c_id), c.p2p.host.get_addrs())
+            swarm = g.p2p.host.get_network()
+            await wait_for(lambda: ID.from_base58(c_id) not in g.p2p.host.get_connected_peers(), 10)
+            with pytest.raises(Exception):  # noqa: B017 - the library raises its own dial error types
+                await g.p2p.host.connect(old)
+            assert swarm._negative_peer_cache.is_blocked(c_id)
+            # c left with a short-lived withdrawal advert; once it lapses g holds no advert of c.
+            await wait_for(lambda: g.p2p.view.get(c_id, g.p2p.clock.now_ms()) is None, 10)
+            async with open_test_node(3, bootstrap=boot):
+                await wait_for(lambda: g.p2p.view.get(c_id, g.p2p.clock.now_ms()) is not None, 15)
+                assert not swarm._negative_peer_cache.is_blocked(c_id)
