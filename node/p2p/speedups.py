@@ -288,13 +288,30 @@ def _users_of_env_to_send() -> list[types.ModuleType]:
     ]
 
 
+def _libp2p_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("libp2p")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 _trio_task_property = FunctionTask.trio_task
 _original_run = FunctionTask.run
 
 
+#: The py-libp2p release these fixes were written against; with any other the library runs unpatched.
+FOR_LIBP2P = "0.8.1"
+
+
 def install() -> None:
-    """Apply the fixes (idempotent)."""
+    """Apply the fixes (idempotent). They replace library internals, so only on the release they were
+    written for: with another one the node runs the library as it is (slower, still correct), and the
+    tests in ``tests/p2p/test_p2p_speedups.py`` fail to say so."""
     if getattr(YamuxStream._auto_tune_and_send_window_update, "steppe_batched", False):
+        return
+    if _libp2p_version() != FOR_LIBP2P:
         return
     _release_credit.steppe_batched = True  # type: ignore[attr-defined]
     YamuxStream._auto_tune_and_send_window_update = _release_credit  # type: ignore[method-assign]
