@@ -6,6 +6,7 @@ virtual times drawn from the run's seeded RNG and records what happened in the r
 
 from __future__ import annotations
 
+import re
 from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING
 
@@ -112,9 +113,9 @@ class Drivers:
                     async for tok in gen:
                         tokens.append(tok)
             except NoRoute as exc:
-                reason, detail = "no_route", str(exc)[:300]
+                reason, detail = "no_route", _detail(exc)
             except SteppeError as exc:
-                reason, detail = type(exc).__name__, str(exc)[:300]
+                reason, detail = type(exc).__name__, _detail(exc)
         if scope.cancelled_caught:
             reason = "timeout"
         ok = not reason and len(tokens) == w.max_new_tokens
@@ -189,3 +190,8 @@ class Drivers:
         else:
             outcome = "gone" if found else "none"
         self.c.lookups.append((t, outcome, queried, trio.current_time() - t))
+
+
+def _detail(exc: BaseException) -> str:
+    """An error's message for the metrics, without object addresses (they differ from run to run)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))[:300]
