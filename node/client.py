@@ -465,10 +465,19 @@ class _Run:
             # step is then caught before any token comes from its output (with random checks alone, the
             # tokens sampled before the catch stay wrong). Later steps are checked with probability p. A
             # provider that replaced a caught liar is new too: its output is checked before it is used.
-            while p > 0 and (drawn or self.chain[i].hop.peer_id not in self.c.first_checked):
+            # A first check that could not run (no other provider known yet, or the checker failed) is
+            # tried again on the provider's next step instead of counting as done.
+            tried: set[str] = set()
+            while p > 0:
+                peer = self.chain[i].hop.peer_id
+                if not drawn and (peer in self.c.first_checked or peer in tried):
+                    break
                 drawn = False
-                self.c.first_checked.add(self.chain[i].hop.peer_id)
+                tried.add(peer)
+                skipped = self.stats.spot_checks_skipped
                 i, out = await self._spot_check(i, pos, upto, out)
+                if self.stats.spot_checks_skipped == skipped:
+                    self.c.first_checked.add(peer)
             x = out
             i += 1
         return x

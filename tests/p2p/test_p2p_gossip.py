@@ -202,6 +202,9 @@ def test_a_sender_record_is_verified_once_and_a_changed_one_again(monkeypatch) -
     assert len(calls) == 1
     # Another peer presenting the same record is checked (and refused: the record names the sender).
     assert not consume(rpc, receiver, ID.from_base58(Identity.from_int(76).peer_id))
-    tampered = rpc_pb2.RPC(senderRecord=bytes(rpc.senderRecord)[:-1] + b"\x00")
+    record = bytes(rpc.senderRecord)
+    tampered = rpc_pb2.RPC(
+        senderRecord=record[:-1] + bytes([record[-1] ^ 1])
+    )  # (setting 0 did nothing 1 in 256)
     assert not consume(tampered, receiver, sender.get_id())
     assert len(calls) == 3
