@@ -131,77 +131,62 @@ def _find_parent_task(self: TrioManager, trio_task: trio.lowlevel.Task):  # type
     return task if node in self._root_tasks else None
 
 
-class FastLock:
-    """A `trio.Lock` whose acquire parks the task only when the lock is held (see the module notes)."""
+class _TakenAtOnceWhenFree:
+    """Acquire parks the task only when the underlying trio primitive would block (see the module notes)."""
 
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = trio.Lock()
+    __slots__ = ("_inner",)
+    _inner: Any  # a trio.Lock or trio.Semaphore
 
     async def acquire(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            self._lock.acquire_nowait()
+            self._inner.acquire_nowait()
         except trio.WouldBlock:
-            await self._lock.acquire()
+            await self._inner.acquire()
 
     def acquire_nowait(self) -> None:
-        self._lock.acquire_nowait()
+        self._inner.acquire_nowait()
 
     def release(self) -> None:
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
+        self._inner.release()
 
     def statistics(self) -> Any:
-        return self._lock.statistics()
+        return self._inner.statistics()
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
+        self._inner.release()
 
 
-class FastSemaphore:
+class FastLock(_TakenAtOnceWhenFree):
+    """A `trio.Lock` whose acquire parks the task only when the lock is held."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self._inner = trio.Lock()
+
+    def locked(self) -> bool:
+        return self._inner.locked()
+
+
+class FastSemaphore(_TakenAtOnceWhenFree):
     """A `trio.Semaphore` whose acquire parks the task only when no token is free."""
 
-    __slots__ = ("_sem",)
+    __slots__ = ()
 
     def __init__(self, initial_value: int, *, max_value: int | None = None) -> None:
-        self._sem = trio.Semaphore(initial_value, max_value=max_value)
+        self._inner = trio.Semaphore(initial_value, max_value=max_value)
 
     @property
     def value(self) -> int:
-        return self._sem.value
+        return self._inner.value
 
     @property
     def max_value(self) -> int | None:
-        return self._sem.max_value
-
-    async def acquire(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self._sem.acquire_nowait()
-        except trio.WouldBlock:
-            await self._sem.acquire()
-
-    def acquire_nowait(self) -> None:
-        self._sem.acquire_nowait()
-
-    def release(self) -> None:
-        self._sem.release()
-
-    def statistics(self) -> Any:
-        return self._sem.statistics()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._sem.release()
+        return self._inner.max_value
 
 
 def _trio_with_fast_locks() -> types.ModuleType:
