@@ -209,9 +209,7 @@ class P2PNode:
         a provider that restarted stayed undialable from a gateway that had tried it while it was down, and
         a generation could spend all its failovers on such providers (3 of 91 failed so in a churn-200 run)."""
         pid = ID.from_base58(advert.peer_id)
-        unblock = getattr(self.host.get_network(), "unblock_peer", None)
-        if unblock is not None:
-            unblock(pid)
+        self._unblock(pid)
         addrs = []
         for text in advert.body.addrs:
             try:
@@ -224,15 +222,19 @@ class P2PNode:
             ttl_s = max(1, (advert.expires_at - self.clock.now_ms()) // 1000)
             self.host.get_peerstore().add_addrs(pid, addrs, ttl_s)
 
+    def _unblock(self, peer_id: ID) -> None:
+        """Take ``peer_id`` out of the swarm's negative dial cache (a 60 s refusal after one failed dial)."""
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer_id)
+
     async def _keep_connected(self, info: PeerInfo) -> None:
         """Keep one bootstrap peer connected; back off exponentially (with jitter) while it is unreachable."""
         delay = 0.5
         while True:
             if info.peer_id not in self.host.get_connected_peers():
                 # The swarm refuses to redial a peer for 60 s after a failed dial; our backoff decides instead.
-                unblock = getattr(self.host.get_network(), "unblock_peer", None)
-                if unblock is not None:
-                    unblock(info.peer_id)
+                self._unblock(info.peer_id)
                 try:
                     with trio.fail_after(10):
                         await self.host.connect(info)
