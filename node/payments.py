@@ -187,7 +187,13 @@ class StepBilling:
         except (VoucherRefused, MalformedMessage, LedgerError) as exc:
             pay.refused[type(exc).__name__] += 1
             raise PaymentRequired(f"voucher refused: {exc}") from exc
+        # Sessions on one channel accept concurrently: what this voucher adds is counted against the highest
+        # amount counted so far as it stands now, after the awaits. Counting against the amount read before
+        # them counted the same wei twice when two vouchers (or one voucher twice) were accepted at once.
+        counted = pay.last_paid.get(voucher.channel_id, paid_before)
+        gained = state.paid - counted
+        if gained <= 0:
+            return
         pay.last_paid[voucher.channel_id] = state.paid
-        gained = state.paid - paid_before
         pay.covered[voucher.channel_id] = pay.covered.get(voucher.channel_id, 0) + gained
         pay.earned_wei += gained
