@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from .net import SimNetwork
 
 
+#: A send that does not wait for the link is a schedule point only once per this many on the stream.
+YIELD_EVERY_SENDS = 16
+
+
 class ConnectionReset(OSError):
     """The connection was reset (drop draw, partition in "drop" mode, or a crash on this side)."""
 
@@ -85,6 +89,7 @@ class SimStream:
         self.remote = conn.b if side == "a" else conn.a
         self._rx = conn.b_to_a if side == "a" else conn.a_to_b
         self._tx = conn.a_to_b if side == "a" else conn.b_to_a
+        self._sends = 0
 
     @property
     def closed(self) -> bool:
@@ -100,14 +105,26 @@ class SimStream:
             # The peer closed (or died): like TCP answering with RST, the connection is reset.
             self.conn.do_reset()
             raise ConnectionReset("connection reset by peer")
+        await trio.lowlevel.checkpoint_if_cancelled()
         done = self.conn.net._transmit(self.conn, self._tx, bytes(data))
         if done > trio.current_time():
             await trio.sleep_until(done)
-        else:
-            await trio.lowlevel.checkpoint()
+            return
+        # A send that fits in the link returns at once, like a socket's send into a free buffer; every
+        # `YIELD_EVERY_SENDS`-th one is a schedule point so that no loop of sends runs without yielding.
+        # (Yamux, which makes nearly all sends, yields after each frame anyway; a schedule point per send
+        # doubled the scheduler turns of every message.)
+        self._sends += 1
+        if self._sends % YIELD_EVERY_SENDS == 0:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` (default 64 KiB) of what has arrived, waiting for a segment if none has.
+
+        Scheduling is trio's socket's: a read that finds data is a checkpoint; one that had to wait returns
+        as soon as it is woken, without a second trip through the scheduler."""
         limit = max_bytes if max_bytes is not None else 65536
+        waited = False
         while True:
             if self.conn.reset:
                 raise ConnectionReset("connection reset")
@@ -132,10 +149,12 @@ class SimStream:
                         rx.segments.popleft()
                     else:
                         head.data = head.data[len(take) :]
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return bytes(out)
             # Set when a segment arrives (the network's waker task), on reset, on close and on a heal.
             await rx.changed.wait()
+            waited = True
 
     async def aclose(self) -> None:
         """Close this end: the peer reads EOF after the data already sent. Idempotent."""

@@ -288,18 +288,18 @@ class Simulation(Drivers):
                 c.adversary["forged_adverts_accepted"] += 1
 
         gossip.on_advert = on_advert
+        # Every message a peer sends passes the read loop's topic test (which also drops what was seen).
         pubsub = gossip.pubsub
-        push = pubsub.push_msg
-        own = pubsub.my_id
+        wanted = pubsub._is_subscribed_to_msg
 
-        async def counted_push(forwarder, msg) -> None:
-            if forwarder != own and TOPIC in msg.topicIDs:
+        def counted(msg) -> bool:
+            if TOPIC in msg.topicIDs:
                 c.received_copies[sn.index] += 1
                 if pubsub._is_msg_seen(msg):
                     c.duplicate_copies[sn.index] += 1
-            await push(forwarder, msg)
+            return wanted(msg)
 
-        pubsub.push_msg = counted_push
+        pubsub._is_subscribed_to_msg = counted
         # Record our own publications: which honest nodes should receive them.
         p2p = node.p2p
         sign = p2p._sign

@@ -9,6 +9,7 @@ cancelling `run` closes streams, connections and listeners.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ from protocol.identity import Identity
 from protocol.p2pmsg import AdvertRequest
 
 log = get_logger("steppe.p2p.node")
+
+#: Distinct (peer, addresses) pairs of verified adverts whose parsed form is kept.
+ADDR_CACHE_SIZE = 4096
 #: Least time between two republishes triggered only by our mesh gaining peers.
 GREW_REPUBLISH_S = 5.0
 #: Growth of our mesh triggers a republish only while our last advert went out to fewer mesh peers
@@ -208,19 +212,11 @@ class P2PNode:
         negative dial cache, which otherwise refuses to dial it for 60 s after one failed dial. Without this
         a provider that restarted stayed undialable from a gateway that had tried it while it was down, and
         a generation could spend all its failovers on such providers (3 of 91 failed so in a churn-200 run)."""
-        pid = ID.from_base58(advert.peer_id)
+        pid, addrs = _advertised_addrs(advert.peer_id, advert.body.addrs)
         self._unblock(pid)
-        addrs = []
-        for text in advert.body.addrs:
-            try:
-                info = parse_peer_addr(text)
-            except ConfigError:
-                continue  # an address we cannot use; the advert itself is valid
-            if info.peer_id == pid:
-                addrs.extend(info.addrs)
         if addrs:
             ttl_s = max(1, (advert.expires_at - self.clock.now_ms()) // 1000)
-            self.host.get_peerstore().add_addrs(pid, addrs, ttl_s)
+            self.host.get_peerstore().add_addrs(pid, list(addrs), ttl_s)
 
     def _unblock(self, peer_id: ID) -> None:
         """Take ``peer_id`` out of the swarm's negative dial cache (a 60 s refusal after one failed dial)."""
@@ -394,3 +390,20 @@ class P2PNode:
             "dht": {"routing_table": self.discovery.routing_table_size()},
             "streams": {"errors": dict(self.ping_server.errors + self.advert_server.errors)},
         }
+
+
+@functools.lru_cache(maxsize=ADDR_CACHE_SIZE)
+def _advertised_addrs(peer_id: str, texts: tuple[str, ...]) -> tuple[ID, tuple]:
+    """The peer id and the usable multiaddrs of an advert: addresses that do not parse, or that name another
+    peer, are skipped (the advert itself is valid). Cached: a peer republishes the same addresses, and every
+    node receives every advert."""
+    pid = ID.from_base58(peer_id)
+    addrs: list = []
+    for text in texts:
+        try:
+            info = parse_peer_addr(text)
+        except ConfigError:
+            continue
+        if info.peer_id == pid:
+            addrs.extend(info.addrs)
+    return pid, tuple(addrs)

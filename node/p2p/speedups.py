@@ -39,30 +39,63 @@ recent window (about 3 s), each in an RPC of its own with the sender's record at
 peer every few seconds under churn. They now go together, up to `REPLAY_BATCH` per RPC, filtered by the
 peer's score exactly as before.
 
-**The sender's signed record, built once a second.** Every pubsub RPC and DHT message carries the sender's
+**The sender's signed record, rebuilt every ten seconds.** Every pubsub RPC and DHT message carries the sender's
 signed peer record, and the library rebuilt the host's address list (multiaddr parsing) and re-decoded the
 cached record on every message to check that the addresses had not changed. The envelope is now reused for
 up to `SENDER_RECORD_RECHECK_S` of trio time per host, so a change of address reaches peers within it.
+
+**Signed records in DHT replies, checked once per distinct record.** Every Kademlia message carries its
+sender's signed peer record and each peer in a reply carries its own; the library decodes each one and
+verifies its signature (an Ed25519 check, protobuf and multiaddr parsing) every time, though a lookup sees
+the same few hundred records again and again. Decoding is a function of the bytes alone, so the result for
+identical bytes is reused (`ENVELOPE_CACHE_SIZE` distinct records; a record that fails is checked again
+each time). What each host does with a record (the peer-id match, storing it unless an older sequence
+number) still runs for every message.
+
+**Duplicates dropped where they are read.** GossipSub delivers each message to a node about six times (once
+per mesh peer). The library's read loop spawned a task for every copy, whose first act was to find the
+message already seen and return (84% of copies in a 200-node run). A copy whose id is already in the
+seen-cache is now dropped in the read loop; the rest are handled exactly as before, seen-check included.
+
+**No task per no-op notification.** The swarm tells every notifee of every stream opened and closed, each
+call in a task of its own inside a fresh nursery. The library's notifees and ours do nothing on stream
+events, and a call that does nothing is now not made (a method is skipped only if its body is empty, or it
+is one of the two pubsub methods that only checkpoint); connection events still reach every notifee.
+
+**Task ids from a counter.** The service manager gave every task, one per received pubsub message among
+them, a random UUID (an ``os.urandom`` call) used only for hashing and equality; ids now come from a
+process-wide counter, equally unique.
 """
 
 from __future__ import annotations
 
+import dis
+import functools
+import itertools
+import logging
 import types
+import uuid
 import weakref
 from typing import Any
 
+import libp2p.kad_dht.utils as _dht_utils_module
 import libp2p.network.stream.net_stream as _net_stream_module
+import libp2p.network.swarm as _swarm_module
 import libp2p.peer.peerstore as _peerstore_module
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.stream_muxer.rw_lock as _rw_lock_module
 import libp2p.stream_muxer.yamux.yamux as _yamux_module
+import libp2p.tools.anyio_service.trio_tasks as _trio_tasks_module
 import trio
 from libp2p.io.utils import read_exactly
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.pubsub_notifee import PubsubNotifee
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.tools.anyio_service.trio_manager import TrioManager
 from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
 __all__ = [
+    "ENVELOPE_CACHE_SIZE",
     "REPLAY_BATCH",
     "SENDER_RECORD_RECHECK_S",
     "FastLock",
@@ -72,9 +105,11 @@ __all__ = [
 ]
 
 #: How long a host's signed peer record is reused before its addresses are compared again (trio seconds).
-SENDER_RECORD_RECHECK_S = 1.0
+SENDER_RECORD_RECHECK_S = 10.0
 #: Most recent messages replayed to a newly subscribed peer in one RPC.
 REPLAY_BATCH = 32
+#: Distinct signed peer records whose decoding the DHT reuses.
+ENVELOPE_CACHE_SIZE = 4096
 
 
 def release_threshold(stream: YamuxStream) -> int:
@@ -251,6 +286,78 @@ async def _send_recent_messages(self: Any, peer_id: Any, topic: str) -> None:
             return
 
 
+_original_consume_envelope = _dht_utils_module.consume_envelope
+
+
+@functools.lru_cache(maxsize=ENVELOPE_CACHE_SIZE)
+def _consume_envelope_once(data: bytes, domain: str) -> Any:
+    return _original_consume_envelope(data, domain)
+
+
+def _consume_envelope(data: bytes, domain: str) -> Any:
+    return _consume_envelope_once(bytes(data), domain)
+
+
+class _CountingUuid(types.ModuleType):
+    """The ``uuid`` name in the task module: `uuid4` returns ids from a counter (see module docs)."""
+
+    def __init__(self) -> None:
+        super().__init__("uuid")
+        self.__dict__.update(uuid.__dict__)
+        counter = itertools.count(1)
+        self.uuid4 = lambda: uuid.UUID(int=next(counter))  # type: ignore[method-assign]
+
+
+def _wanted(self: Pubsub, msg: Any) -> bool:
+    """The read loop's test before it hands a received message on: a topic of ours, and not seen yet."""
+    return any(topic in self.topic_ids for topic in msg.topicIDs) and not self._is_msg_seen(msg)
+
+
+_original_wanted = Pubsub._is_subscribed_to_msg
+_original_notify = _swarm_module.Swarm._notify
+_log = logging.getLogger("libp2p.network.swarm")
+#: Notifee methods known to do nothing (besides the empty ones `_does_nothing` recognises).
+_NOTHING_DONE = {PubsubNotifee.opened_stream, PubsubNotifee.closed_stream}
+_EMPTY_BODY_OPS = {
+    "RESUME",
+    "RETURN_GENERATOR",
+    "POP_TOP",
+    "NOP",
+    "RETURN_VALUE",
+    "LOAD_CONST",
+    "RETURN_CONST",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _does_nothing(function: Any) -> bool:
+    if function in _NOTHING_DONE:
+        return True
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return False
+    return all(
+        i.opname in _EMPTY_BODY_OPS and (i.opname not in ("LOAD_CONST", "RETURN_CONST") or i.argval is None)
+        for i in dis.get_instructions(code)
+    )
+
+
+async def _notify(self: Any, method: str, *args: Any) -> None:
+    calls = [getattr(n, method) for n in self.notifees if not _does_nothing(getattr(type(n), method, None))]
+    if not calls:
+        return
+    async with trio.open_nursery() as nursery:
+        for call in calls:
+
+            async def _call(call: Any = call) -> None:
+                try:
+                    await call(self, *args)
+                except Exception:  # isolated, as the library does
+                    _log.exception("Notifee %s raised", getattr(call, "__qualname__", call))
+
+            nursery.start_soon(_call)
+
+
 def _users_of_env_to_send() -> list[types.ModuleType]:
     """The library modules that imported ``env_to_send_in_RPC`` by name (pubsub, DHT, identify, ...)."""
     import importlib
@@ -307,6 +414,10 @@ def install() -> None:
     _gossipsub_module.GossipSub.send_recent_messages = _send_recent_messages  # type: ignore[method-assign]
     for module in _users_of_env_to_send():
         module.env_to_send_in_RPC = _env_to_send_in_rpc  # type: ignore[attr-defined]
+    _dht_utils_module.consume_envelope = _consume_envelope  # type: ignore[assignment]
+    _trio_tasks_module.uuid = _CountingUuid()  # type: ignore[attr-defined]
+    Pubsub._is_subscribed_to_msg = _wanted  # type: ignore[method-assign]
+    _swarm_module.Swarm._notify = _notify  # type: ignore[method-assign]
     fast_trio = _trio_with_fast_locks()
     for module in _LOCKED_MODULES:
         module.trio = fast_trio  # type: ignore[attr-defined]

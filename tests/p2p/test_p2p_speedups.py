@@ -234,7 +234,7 @@ async def test_a_task_parent_is_found_as_the_full_walk_finds_it() -> None:
         assert fast is walked and isinstance(fast, FunctionTask)
 
 
-async def test_the_sender_record_is_reused_for_a_second_then_rechecked(
+async def test_the_sender_record_is_reused_for_a_while_then_rechecked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host = build_host(Identity.from_int(83), [parse_listen_addr(LOOPBACK)])
@@ -246,12 +246,13 @@ async def test_the_sender_record_is_reused_for_a_second_then_rechecked(
         return real()
 
     monkeypatch.setattr(host, "get_addrs", counted)
+    monkeypatch.setattr(speedups, "SENDER_RECORD_RECHECK_S", 0.3)  # (10 s in use)
     async with open_host(host, [parse_listen_addr(LOOPBACK)]):
         first, _ = speedups._env_to_send_in_rpc(host)
         n = len(calls)
         for _ in range(50):
             assert speedups._env_to_send_in_rpc(host)[0] == first
-        assert len(calls) == n  # no address rebuild within the second
+        assert len(calls) == n  # no address rebuild within the interval
         await trio.sleep(speedups.SENDER_RECORD_RECHECK_S + 0.05)
         assert speedups._env_to_send_in_rpc(host)[0] == first  # same addresses: same record
         assert len(calls) > n
@@ -298,3 +299,147 @@ async def test_recent_messages_reach_a_new_subscriber_in_one_rpc(monkeypatch: py
                 got.append((await sub.get()).data)
     assert sorted(got) == [b"recent %d" % i for i in range(5)]
     assert rpcs_with_publish == [5]  # one replay RPC, not five
+
+
+@asynccontextmanager
+async def _pubsub_pair(topic: str) -> AsyncIterator[tuple[object, object, object]]:
+    """Two connected GossipSub nodes subscribed to ``topic``: (publisher's pubsub, receiver's, receiver's
+    subscription)."""
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+
+    peers = []
+    for n in (86, 87):
+        host = build_host(Identity.from_int(n), [parse_listen_addr(LOOPBACK)])
+        router = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1)
+        peers.append((host, router, Pubsub(host, router)))
+    (a, ra, pa), (b, rb, pb) = peers
+    async with (
+        open_host(a, [parse_listen_addr(LOOPBACK)]),
+        open_host(b, [parse_listen_addr(LOOPBACK)]),
+        background_trio_service(pa),
+        background_trio_service(ra),
+        background_trio_service(pb),
+        background_trio_service(rb),
+    ):
+        await pa.wait_until_ready()
+        await pb.wait_until_ready()
+        await pa.subscribe(topic)
+        sub = await pb.subscribe(topic)
+        await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
+        with trio.fail_after(10):
+            while b.get_id() not in pa.peers or topic not in pa.peer_topics or not pa.peer_topics[topic]:
+                await trio.sleep(0.01)
+        yield pa, pb, sub
+
+
+async def test_a_copy_of_a_seen_message_is_dropped_where_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.pubsub import Pubsub
+
+    topic = "/steppe/test-dup/1"
+    pushed: list[bytes] = []
+    original = Pubsub.push_msg
+
+    async def counting(self, forwarder, msg) -> None:  # type: ignore[no-untyped-def]
+        pushed.append(msg.data)
+        await original(self, forwarder, msg)
+
+    monkeypatch.setattr(Pubsub, "push_msg", counting)
+    async with _pubsub_pair(topic) as (pa, pb, sub):
+        await pa.publish(topic, b"once")
+        with trio.fail_after(10):
+            msg = await sub.get()
+        n = len(pushed)  # the publisher's own push, and the receiver's of the first copy
+        stream = pa.peers[pb.host.get_id()]
+        for _ in range(3):  # the same message again, as other mesh peers would forward it
+            await pa.write_msg(stream, rpc_pb2.RPC(publish=[msg]))
+        await pa.publish(topic, b"next")  # written after the copies on the same stream: read after them
+        with trio.fail_after(10):
+            assert (await sub.get()).data == b"next"
+    assert pushed[n:] == [b"next", b"next"]  # no task for the three copies
+
+
+async def test_no_task_is_spawned_for_a_stream_event_nobody_handles() -> None:
+    from libp2p.abc import INotifee
+
+    spawned: list[str] = []
+    opened: list[object] = []
+
+    class Spawns(trio.abc.Instrument):
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            spawned.append(task.name)
+
+    class Watcher(INotifee):  # a notifee that does act on a stream opening still hears of it
+        async def opened_stream(self, network, stream) -> None:  # type: ignore[no-untyped-def]
+            opened.append(stream)
+
+        async def closed_stream(self, network, stream) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        async def connected(self, network, conn) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        async def disconnected(self, network, conn) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        async def listen(self, network, multiaddr) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        async def listen_close(self, network, multiaddr) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    async def handler(stream: INetStream) -> None:
+        await stream.close()
+
+    async with _pair(handler) as (a, b):
+        stream = await a.new_stream(b.get_id(), [PROTO])  # warm: identify and the like are done
+        await stream.close()
+        await trio.sleep(0.2)
+        trio.lowlevel.add_instrument(counter := Spawns())
+        try:
+            for _ in range(5):
+                stream = await a.new_stream(b.get_id(), [PROTO])
+                await stream.close()
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert not [name for name in spawned if "_notify" in name]
+        a.get_network().register_notifee(Watcher())
+        stream = await a.new_stream(b.get_id(), [PROTO])
+        await stream.close()
+    assert opened == [stream]
+
+
+def test_a_signed_record_in_a_dht_message_is_decoded_once_and_a_bad_one_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libp2p.kad_dht import utils as dht_utils
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.peer.peerstore import env_to_send_in_RPC
+
+    sender = build_host(Identity.from_int(88), [parse_listen_addr(LOOPBACK)])
+    receiver = build_host(Identity.from_int(89), [parse_listen_addr(LOOPBACK)])
+    calls = []
+    real = speedups._original_consume_envelope
+    monkeypatch.setattr(speedups, "_original_consume_envelope", lambda *a: calls.append(1) or real(*a))
+    record = env_to_send_in_RPC(sender)[0]
+    msg = Message(senderRecord=record)
+    for _ in range(3):
+        assert dht_utils.maybe_consume_signed_record(msg, receiver, sender.get_id())
+    assert len(calls) == 1
+    assert not dht_utils.maybe_consume_signed_record(msg, receiver, receiver.get_id())  # not the sender's
+    bad = Message(senderRecord=record[:-1] + bytes([record[-1] ^ 1]))
+    for _ in range(2):
+        assert not dht_utils.maybe_consume_signed_record(bad, receiver, sender.get_id())
+    assert len(calls) == 3
+
+
+def test_task_ids_are_distinct_and_need_no_randomness(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def no_urandom(n: int) -> bytes:
+        raise AssertionError("os.urandom called for a task id")
+
+    monkeypatch.setattr(os, "urandom", no_urandom)
+    tasks = [FunctionTask(f"t{i}", False, None, trio.sleep, (0,)) for i in range(3)]
+    assert len({hash(t) for t in tasks}) == 3 and tasks[0] != tasks[1]

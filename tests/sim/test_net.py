@@ -258,3 +258,63 @@ async def test_a_cancelled_read_consumes_nothing(pair: Pair, autojump_clock: tri
         await server.read(100)
     assert scope.cancelled_caught
     assert await read_exactly(server, 7) == b"keep me"
+
+
+async def test_reads_are_served_from_what_arrived_without_a_scheduler_turn(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Noise reads a 2-byte length and then the body: once one segment is in, the second read of it must
+    not go through the scheduler again (it did, a turn per message), and no byte may be lost or reordered."""
+    client, server = await pair.dial()
+    await client.write(b"\x00\x05hello" + b"\x00\x03bye")
+    assert await server.read(2) == b"\x00\x05"  # waits for the segment, takes all of it
+    task = trio.lowlevel.current_task()
+    steps = []
+
+    class Count(trio.abc.Instrument):
+        def before_task_step(self, t: trio.lowlevel.Task) -> None:
+            if t is task:
+                steps.append(t)
+
+    trio.lowlevel.add_instrument(counter := Count())
+    try:
+        assert await server.read(5) == b"hello"
+        assert await server.read(2) == b"\x00\x03"
+        assert await server.read(100) == b"bye"
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert steps == []  # served from the buffer: never left the CPU
+
+
+async def test_bytes_read_ahead_are_dropped_by_a_local_close_or_a_crash(
+    pair: Pair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A node that closed its end, or whose process died, reads nothing more, even bytes already taken."""
+    client, server = await pair.dial()
+    await client.write(b"\x00\x05hello")
+    assert await server.read(2) == b"\x00\x05"
+    await server.close()
+    assert await server.read(5) == b""
+    client, server = await pair.dial()
+    await client.write(b"\x00\x05hello")
+    assert await server.read(2) == b"\x00\x05"
+    pair.net.crash(pair.b)
+    assert await server.read(5) == b""
+
+
+async def test_a_loop_of_writes_still_yields(pair: Pair, autojump_clock: trio.testing.MockClock) -> None:
+    """A send that fits the link returns without a scheduler turn, but not always: a task that only writes
+    must let others run."""
+    client, _server = await pair.dial()
+    ran = trio.Event()
+
+    async def other() -> None:
+        ran.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        for _ in range(100):
+            if ran.is_set():
+                break
+            await client.write(b"x")
+        assert ran.is_set()
