@@ -62,6 +62,13 @@ call in a task of its own inside a fresh nursery. The library's notifees and our
 events, and a call that does nothing is now not made (a method is skipped only if its body is empty, or it
 is one of the two pubsub methods that only checkpoint); connection events still reach every notifee.
 
+**A length-prefixed message in hand is read in one go.** Pubsub and the DHT read each message as a varint
+length, one byte per read, then the body: three trips through the stream wrapper, Yamux's stream and its
+buffer lock, each trip with its state checks and debug-log formatting. When the stream's receive buffer
+already holds a whole message (nearly always: a frame carries one), prefix and body are taken in one read.
+A partial message, a bad prefix or one over the size limit go through the library's reader, which raises
+as before.
+
 **Task ids from a counter.** The service manager gave every task, one per received pubsub message among
 them, a random UUID (an ``os.urandom`` call) used only for hashing and equality; ids now come from a
 process-wide counter, equally unique.
@@ -86,7 +93,10 @@ import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.stream_muxer.rw_lock as _rw_lock_module
 import libp2p.stream_muxer.yamux.yamux as _yamux_module
 import libp2p.tools.anyio_service.trio_tasks as _trio_tasks_module
+import libp2p.utils.varint as _varint_module
 import trio
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IncompleteReadError
 from libp2p.io.utils import read_exactly
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.pubsub_notifee import PubsubNotifee
@@ -308,6 +318,63 @@ class _CountingUuid(types.ModuleType):
         self.uuid4 = lambda: uuid.UUID(int=next(counter))  # type: ignore[method-assign]
 
 
+def _peek_uvarint(buf: bytearray) -> tuple[int, int] | None:
+    """(value, size) of the unsigned varint at the start of ``buf``, or None if it is not all there."""
+    value = shift = 0
+    for i in range(min(len(buf), 10)):
+        byte = buf[i]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i + 1
+        shift += 7
+    return None
+
+
+async def _read_varint_prefixed_bytes_limited(reader: Any, max_length: int) -> bytes:
+    muxed = getattr(reader, "muxed_stream", None)
+    if type(muxed) is YamuxStream and max_length > 0:
+        buf = muxed.conn.stream_buffers.get(muxed.stream_id)
+        head = _peek_uvarint(buf) if buf else None
+        if head is not None and head[0] <= max_length and head[0] + head[1] <= len(buf):  # type: ignore[arg-type]
+            length, size = head
+            data = await reader.read(size + length)
+            if len(data) == size + length:
+                return data[size:]
+            # Not what the buffer held (another reader of this stream came first): finish the library's way.
+            if len(data) >= size:
+                body = bytearray(data[size:])
+                while len(body) < length:
+                    chunk = await reader.read(length - len(body))
+                    if not chunk:
+                        raise IncompleteReadError(
+                            f"Incomplete message: expected {length}, got {len(body)}",
+                            expected_bytes=length,
+                            received_bytes=len(body),
+                        )
+                    body.extend(chunk)
+                return bytes(body)
+            raise ParseError("varint length prefix cut short")
+    return await _original_read_prefixed(reader, max_length)
+
+
+_original_read_prefixed = _varint_module.read_varint_prefixed_bytes_limited
+
+
+def _users_of_read_prefixed() -> list[types.ModuleType]:
+    import importlib
+    import sys
+
+    for name in ("libp2p.pubsub.pubsub", "libp2p.kad_dht.kad_dht", "libp2p.kad_dht.peer_routing"):
+        importlib.import_module(name)
+    return [
+        m
+        for n, m in sorted(sys.modules.items())
+        if n.startswith("libp2p.")
+        and m is not _varint_module
+        and getattr(m, "read_varint_prefixed_bytes_limited", None) is _original_read_prefixed
+    ]
+
+
 def _wanted(self: Pubsub, msg: Any) -> bool:
     """The read loop's test before it hands a received message on: a topic of ours, and not seen yet."""
     return any(topic in self.topic_ids for topic in msg.topicIDs) and not self._is_msg_seen(msg)
@@ -417,6 +484,8 @@ def install() -> None:
     _dht_utils_module.consume_envelope = _consume_envelope  # type: ignore[assignment]
     _trio_tasks_module.uuid = _CountingUuid()  # type: ignore[attr-defined]
     Pubsub._is_subscribed_to_msg = _wanted  # type: ignore[method-assign]
+    for module in _users_of_read_prefixed():
+        module.read_varint_prefixed_bytes_limited = _read_varint_prefixed_bytes_limited  # type: ignore[attr-defined]
     _swarm_module.Swarm._notify = _notify  # type: ignore[method-assign]
     fast_trio = _trio_with_fast_locks()
     for module in _LOCKED_MODULES:

@@ -443,3 +443,44 @@ def test_task_ids_are_distinct_and_need_no_randomness(monkeypatch: pytest.Monkey
     monkeypatch.setattr(os, "urandom", no_urandom)
     tasks = [FunctionTask(f"t{i}", False, None, trio.sleep, (0,)) for i in range(3)]
     assert len({hash(t) for t in tasks}) == 3 and tasks[0] != tasks[1]
+
+
+async def test_a_whole_prefixed_message_in_the_buffer_is_read_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p.network.stream.net_stream import NetStream
+    from libp2p.utils.varint import MessageTooLarge, encode_uvarint
+
+    read = pubsub_module.read_varint_prefixed_bytes_limited
+    sizes = [0, 1, 127, 128, 300, 5000, 70000, 3]
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    got: list[bytes] = []
+    calls: list[int] = []
+    done = trio.Event()
+    original = NetStream.read
+
+    async def counting(self, n=None):  # type: ignore[no-untyped-def]
+        calls.append(n)
+        return await original(self, n)
+
+    async def handler(stream: INetStream) -> None:
+        await trio.sleep(0.3)  # let everything arrive first
+        monkeypatch.setattr(NetStream, "read", counting)
+        for _ in payloads:
+            got.append(await read(stream, 1 << 20))
+        with pytest.raises(MessageTooLarge):
+            await read(stream, 10)  # over the limit: the library's reader, and its error
+        done.set()
+
+    async with _pair(handler) as (a, b):
+        stream = await a.new_stream(b.get_id(), [PROTO])
+        await stream.write(
+            b"".join(encode_uvarint(len(p)) + p for p in payloads) + encode_uvarint(11) + b"x" * 11
+        )
+        with trio.fail_after(10):
+            await done.wait()
+    assert got == payloads
+    # The 70000-byte message spans frames and is read the library's way; the others in one call each.
+    assert len([n for n in calls if n is not None]) < len(payloads) + 8
+    assert calls[:5] == [1, 1 + 1, 1 + 127, 2 + 128, 2 + 300]  # prefix and body together
