@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
@@ -258,8 +258,33 @@ async def test_the_sender_record_is_reused_for_a_while_then_rechecked(
         assert len(calls) > n
 
 
-async def test_recent_messages_reach_a_new_subscriber_in_one_rpc(monkeypatch: pytest.MonkeyPatch) -> None:
+def _gossip_nodes(*ns: int) -> list:
+    """(host, GossipSub router, Pubsub) for each identity number; nothing started yet."""
     from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+
+    nodes = []
+    for n in ns:
+        host = build_host(Identity.from_int(n), [parse_listen_addr(LOOPBACK)])
+        router = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1)
+        nodes.append((host, router, Pubsub(host, router)))
+    return nodes
+
+
+@asynccontextmanager
+async def _running(nodes: list) -> AsyncIterator[None]:
+    """The hosts listening and their pubsub services ready."""
+    async with AsyncExitStack() as stack:
+        for host, router, pubsub in nodes:
+            await stack.enter_async_context(open_host(host, [parse_listen_addr(LOOPBACK)]))
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+        for _, _, pubsub in nodes:
+            await pubsub.wait_until_ready()
+        yield
+
+
+async def test_recent_messages_reach_a_new_subscriber_in_one_rpc(monkeypatch: pytest.MonkeyPatch) -> None:
     from libp2p.pubsub.pubsub import Pubsub
 
     topic = "/steppe/test-replay/1"
@@ -272,22 +297,9 @@ async def test_recent_messages_reach_a_new_subscriber_in_one_rpc(monkeypatch: py
         return await original(self, stream, rpc)
 
     monkeypatch.setattr(Pubsub, "write_msg", counting)
-    peers = []
-    for n in (84, 85):
-        host = build_host(Identity.from_int(n), [parse_listen_addr(LOOPBACK)])
-        router = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1)
-        peers.append((host, router, Pubsub(host, router)))
+    peers = _gossip_nodes(84, 85)
     (a, _, pa), (b, _, pb) = peers
-    async with (
-        open_host(a, [parse_listen_addr(LOOPBACK)]),
-        open_host(b, [parse_listen_addr(LOOPBACK)]),
-        background_trio_service(pa),
-        background_trio_service(peers[0][1]),
-        background_trio_service(pb),
-        background_trio_service(peers[1][1]),
-    ):
-        await pa.wait_until_ready()
-        await pb.wait_until_ready()
+    async with _running(peers):
         await pa.subscribe(topic)
         for i in range(5):
             await pa.publish(topic, b"recent %d" % i)  # nobody listens yet: only the message cache has them
@@ -305,25 +317,9 @@ async def test_recent_messages_reach_a_new_subscriber_in_one_rpc(monkeypatch: py
 async def _pubsub_pair(topic: str) -> AsyncIterator[tuple[object, object, object]]:
     """Two connected GossipSub nodes subscribed to ``topic``: (publisher's pubsub, receiver's, receiver's
     subscription)."""
-    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
-    from libp2p.pubsub.pubsub import Pubsub
-
-    peers = []
-    for n in (86, 87):
-        host = build_host(Identity.from_int(n), [parse_listen_addr(LOOPBACK)])
-        router = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1)
-        peers.append((host, router, Pubsub(host, router)))
-    (a, ra, pa), (b, rb, pb) = peers
-    async with (
-        open_host(a, [parse_listen_addr(LOOPBACK)]),
-        open_host(b, [parse_listen_addr(LOOPBACK)]),
-        background_trio_service(pa),
-        background_trio_service(ra),
-        background_trio_service(pb),
-        background_trio_service(rb),
-    ):
-        await pa.wait_until_ready()
-        await pb.wait_until_ready()
+    peers = _gossip_nodes(86, 87)
+    (a, _, pa), (b, _, pb) = peers
+    async with _running(peers):
         await pa.subscribe(topic)
         sub = await pb.subscribe(topic)
         await a.connect(PeerInfo(b.get_id(), b.get_addrs()))
