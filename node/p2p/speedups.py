@@ -360,28 +360,11 @@ async def _read_varint_prefixed_bytes_limited(reader: Any, max_length: int) -> b
 _original_read_prefixed = _varint_module.read_varint_prefixed_bytes_limited
 
 
-def _users_of_read_prefixed() -> list[types.ModuleType]:
-    import importlib
-    import sys
-
-    for name in ("libp2p.pubsub.pubsub", "libp2p.kad_dht.kad_dht", "libp2p.kad_dht.peer_routing"):
-        importlib.import_module(name)
-    return [
-        m
-        for n, m in sorted(sys.modules.items())
-        if n.startswith("libp2p.")
-        and m is not _varint_module
-        and getattr(m, "read_varint_prefixed_bytes_limited", None) is _original_read_prefixed
-    ]
-
-
 def _wanted(self: Pubsub, msg: Any) -> bool:
     """The read loop's test before it hands a received message on: a topic of ours, and not seen yet."""
     return any(topic in self.topic_ids for topic in msg.topicIDs) and not self._is_msg_seen(msg)
 
 
-_original_wanted = Pubsub._is_subscribed_to_msg
-_original_notify = _swarm_module.Swarm._notify
 _log = logging.getLogger("libp2p.network.swarm")
 #: Notifee methods known to do nothing (besides the empty ones `_does_nothing` recognises).
 _NOTHING_DONE = {PubsubNotifee.opened_stream, PubsubNotifee.closed_stream}
@@ -425,25 +408,18 @@ async def _notify(self: Any, method: str, *args: Any) -> None:
             nursery.start_soon(_call)
 
 
-def _users_of_env_to_send() -> list[types.ModuleType]:
-    """The library modules that imported ``env_to_send_in_RPC`` by name (pubsub, DHT, identify, ...)."""
+def _modules_importing(name: str, original: Any, preload: tuple[str, ...]) -> list[types.ModuleType]:
+    """The loaded ``libp2p.*`` modules (after importing ``preload``) that hold ``original`` as ``name``:
+    those that imported it by name, so patching it means replacing it in each of them."""
     import importlib
     import sys
 
-    for name in (
-        "libp2p.pubsub.pubsub",
-        "libp2p.pubsub.gossipsub",
-        "libp2p.kad_dht.kad_dht",
-        "libp2p.kad_dht.peer_routing",
-        "libp2p.kad_dht.provider_store",
-        "libp2p.kad_dht.value_store",
-        "libp2p.identity.identify.identify",
-    ):
-        importlib.import_module(name)
+    for module_name in preload:
+        importlib.import_module(module_name)
     return [
         m
         for n, m in sorted(sys.modules.items())
-        if n.startswith("libp2p") and getattr(m, "env_to_send_in_RPC", None) is _original_env_to_send
+        if n.startswith("libp2p.") and getattr(m, name, None) is original
     ]
 
 
@@ -479,12 +455,26 @@ def install() -> None:
     TrioManager._find_parent_task = _find_parent_task  # type: ignore[method-assign]
     Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
     _gossipsub_module.GossipSub.send_recent_messages = _send_recent_messages  # type: ignore[method-assign]
-    for module in _users_of_env_to_send():
+    env_users = (
+        "libp2p.pubsub.pubsub",
+        "libp2p.pubsub.gossipsub",
+        "libp2p.kad_dht.kad_dht",
+        "libp2p.kad_dht.peer_routing",
+        "libp2p.kad_dht.provider_store",
+        "libp2p.kad_dht.value_store",
+        "libp2p.identity.identify.identify",
+    )
+    for module in _modules_importing("env_to_send_in_RPC", _original_env_to_send, env_users):
         module.env_to_send_in_RPC = _env_to_send_in_rpc  # type: ignore[attr-defined]
     _dht_utils_module.consume_envelope = _consume_envelope  # type: ignore[assignment]
     _trio_tasks_module.uuid = _CountingUuid()  # type: ignore[attr-defined]
     Pubsub._is_subscribed_to_msg = _wanted  # type: ignore[method-assign]
-    for module in _users_of_read_prefixed():
+    prefixed_users = ("libp2p.pubsub.pubsub", "libp2p.kad_dht.kad_dht", "libp2p.kad_dht.peer_routing")
+    for module in _modules_importing(
+        "read_varint_prefixed_bytes_limited", _original_read_prefixed, prefixed_users
+    ):
+        if module is _varint_module:
+            continue  # the definition itself stays
         module.read_varint_prefixed_bytes_limited = _read_varint_prefixed_bytes_limited  # type: ignore[attr-defined]
     _swarm_module.Swarm._notify = _notify  # type: ignore[method-assign]
     fast_trio = _trio_with_fast_locks()
