@@ -64,6 +64,8 @@ class Payments:
     charged: dict[int, int] = field(default_factory=dict)
     covered: dict[int, int] = field(default_factory=dict)
     last_paid: dict[int, int] = field(default_factory=dict)
+    #: Per incoming channel: held while a voucher is accepted and counted (see `StepBilling._accept`).
+    accepting: dict[int, trio.Lock] = field(default_factory=dict)
 
     @property
     def chain_id(self) -> int:
@@ -176,24 +178,26 @@ class StepBilling:
             self.channel = voucher.channel_id
             pay.charged[voucher.channel_id] = pay.charged.get(voucher.channel_id, 0) + self.unbound
             self.unbound = 0
-        paid_before = pay.last_paid.get(voucher.channel_id)
-        if paid_before is None:  # first sight since start: the store may hold a voucher from before
-            before = await trio.to_thread.run_sync(pay.store.get, VoucherStore.key(voucher))
-            paid_before = before.paid if before is not None else 0
-        try:
-            state = await pay.receiver.accept(voucher)
-        except StaleVoucher:
-            return
-        except (VoucherRefused, MalformedMessage, LedgerError) as exc:
-            pay.refused[type(exc).__name__] += 1
-            raise PaymentRequired(f"voucher refused: {exc}") from exc
-        # Sessions on one channel accept concurrently: what this voucher adds is counted against the highest
-        # amount counted so far as it stands now, after the awaits. Counting against the amount read before
-        # them counted the same wei twice when two vouchers (or one voucher twice) were accepted at once.
-        counted = pay.last_paid.get(voucher.channel_id, paid_before)
-        gained = state.paid - counted
-        if gained <= 0:
-            return
-        pay.last_paid[voucher.channel_id] = state.paid
-        pay.covered[voucher.channel_id] = pay.covered.get(voucher.channel_id, 0) + gained
-        pay.earned_wei += gained
+        # Sessions of one client share a channel and send their vouchers concurrently. Accepting and counting
+        # a voucher is one step per channel: else a voucher found stale (a newer one is stored) could be
+        # followed by the credit check before the newer one was counted, refusing a paid step, and two
+        # acceptances counted against the same earlier amount would count the same wei twice.
+        lock = pay.accepting.setdefault(voucher.channel_id, trio.Lock())
+        async with lock:
+            paid_before = pay.last_paid.get(voucher.channel_id)
+            if paid_before is None:  # first sight since start: the store may hold a voucher from before
+                before = await trio.to_thread.run_sync(pay.store.get, VoucherStore.key(voucher))
+                paid_before = before.paid if before is not None else 0
+            try:
+                state = await pay.receiver.accept(voucher)
+            except StaleVoucher:
+                return
+            except (VoucherRefused, MalformedMessage, LedgerError) as exc:
+                pay.refused[type(exc).__name__] += 1
+                raise PaymentRequired(f"voucher refused: {exc}") from exc
+            gained = state.paid - paid_before
+            if gained <= 0:
+                return
+            pay.last_paid[voucher.channel_id] = state.paid
+            pay.covered[voucher.channel_id] = pay.covered.get(voucher.channel_id, 0) + gained
+            pay.earned_wei += gained

@@ -15,7 +15,8 @@ from protocol.voucher import sign_voucher
 async def test_vouchers_accepted_at_once_by_two_sessions_are_counted_once(tmp_path) -> None:
     """Two sessions of one client share a channel. Their vouchers (and a resent one) arriving together
     must add up to the highest voucher, as the chain will pay: counting each against the amount read
-    before the other's acceptance counted the same wei twice (a simulated run showed earned > paid)."""
+    before the other's acceptance counted the same wei twice (a simulated run showed earned > paid). And a
+    voucher found stale while the newer one is still being counted must not see the step as unpaid."""
     home = tmp_path / "chain"
     ledger = await trio.to_thread.run_sync(lambda: open_ledger(home))
     contract, _ = await trio.to_thread.run_sync(deploy, ledger, dev_key(0))
@@ -31,6 +32,22 @@ async def test_vouchers_accepted_at_once_by_two_sessions_are_counted_once(tmp_pa
         def voucher(paid: int) -> bytes:
             return sign_voucher(dev_key(1), pay.chain_id, contract, channel, paid).to_bytes()
 
+        # The worst order, made to happen: the newer voucher is stored, but its session resumes late; the
+        # older voucher (found stale) and the newer one resent are answered meanwhile.
+        accept, stored = pay.receiver.accept, {2000: trio.Event(), 3500: trio.Event()}
+
+        async def accept_in_worst_order(v):
+            newer = 2000 if v.amount <= 2000 else 3500
+            if v.amount != newer or stored[newer].is_set():
+                with trio.move_on_after(0.5):  # a lock held by the waiting session would block the newer
+                    await stored[newer].wait()
+                return await accept(v)
+            state = await accept(v)
+            stored[newer].set()
+            await trio.sleep(0.1)
+            return state
+
+        pay.receiver.accept = accept_in_worst_order  # type: ignore[method-assign]
         sessions = [StepBilling(pay, price_per_row=700, credit_steps=1) for _ in range(3)]
         async with trio.open_nursery() as nursery:  # first sight of the channel, all at once
             nursery.start_soon(sessions[0].charge, 1, voucher(1000))
