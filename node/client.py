@@ -274,6 +274,11 @@ async def open_hop(
 class ClientSettings:
     wire_dtype: str = "float32"
     spot_check_p: float = 0.05
+    #: Providers asked to re-run a provider's first step (a random later check asks one). Two: providers
+    #: that lie alike cannot pass a first check by drawing one of their own as the only checker.
+    first_checkers: int = 2
+    #: The most providers asked to settle one check whose answers disagree.
+    max_checkers: int = 6
     step_timeout_s: float = 20.0
     route: RouteParams = field(default_factory=lambda: RouteParams(whole_ranges=True))
     max_failovers: int = 8
@@ -475,8 +480,10 @@ class _Run:
                 drawn = False
                 tried.add(peer)
                 skipped = self.stats.spot_checks_skipped
-                i, out = await self._spot_check(i, pos, upto, out)
-                if self.stats.spot_checks_skipped == skipped:
+                first = peer not in self.c.first_checked
+                checkers = self.c.settings.first_checkers if first else 1
+                i, out = await self._spot_check(i, pos, upto, out, checkers=max(1, checkers))
+                if self.stats.spot_checks_skipped == skipped and peer not in self.stats.liars:
                     self.c.first_checked.add(peer)
             x = out
             i += 1
@@ -555,32 +562,68 @@ class _Run:
         tol = 2e-2 if self.c.settings.wire_dtype == "float16" else 1e-3
         return bool(np.max(np.abs(a - b)) <= tol * (1.0 + float(np.max(np.abs(b)))))
 
-    async def _spot_check(self, i: int, pos: int, upto: int, out: np.ndarray) -> tuple[int, np.ndarray]:
-        """Compare chain[i]'s output with a second provider's; a third decides a disagreement."""
+    async def _spot_check(
+        self, i: int, pos: int, upto: int, out: np.ndarray, *, checkers: int = 1
+    ) -> tuple[int, np.ndarray]:
+        """Compare chain[i]'s output with ``checkers`` other providers'; when the answers disagree, ask more.
+
+        Answers are grouped by agreement. All in one group: the output stands. Otherwise the largest group
+        decides once it leads every other by two answers, or by one when no further provider can be asked
+        (two liars that lie alike, one checking the other, then face a majority of honest providers rather
+        than a lone one); providers outside it are banned as liars, and the primary, if it is one of them,
+        is replaced. No strict majority (say one checker, which disagrees, and no third provider): nobody is
+        banned, and the primary's output stands unless another answer had more support (it is replaced).
+        """
         t0 = trio.current_time()
         primary = self.chain[i].hop.peer_id
+        groups: list[tuple[np.ndarray, list[str]]] = [(out, [primary])]
+        asked = [primary]
+        wanted, limit = checkers, max(checkers, self.c.settings.max_checkers)
         try:
-            second = await self._check_on([primary], i, pos, upto)
-            if second is None:
-                self.stats.spot_checks_skipped += 1
-                return i, out
+            exhausted = False
+            while True:
+                while len(asked) - 1 < wanted and not exhausted:
+                    got = await self._check_on(asked, i, pos, upto)
+                    if got is None:
+                        exhausted = True
+                        break
+                    asked.append(got[0])
+                    for rep, members in groups:
+                        if self._agree(rep, got[1]):
+                            members.append(got[0])
+                            break
+                    else:
+                        groups.append((got[1], [got[0]]))
+                if len(asked) == 1:
+                    self.stats.spot_checks_skipped += 1
+                    return i, out
+                if len(groups) == 1:
+                    break
+                sizes = sorted((len(m) for _, m in groups), reverse=True)
+                lead = sizes[0] - sizes[1]
+                if lead >= 2 or exhausted or len(asked) - 1 >= limit:
+                    break
+                wanted += 1
             self.stats.spot_checks += 1
-            if self._agree(out, second[1]):
+            if len(groups) == 1:
                 return i, out
-            third = await self._check_on([primary, second[0]], i, pos, upto)
-            if third is None:
-                log.warning("spot_check_undecided", primary=primary, checker=second[0])
-                return i, out
-            if self._agree(out, third[1]):
-                liar = second[0]
-            else:
-                liar = primary
-            self.stats.liars.append(liar)
-            self.c.bans.ban(liar, trio.current_time())
-            log.warning(
-                "provider_lied", peer_id=liar, layers=f"{self.chain[i].hop.start}:{self.chain[i].hop.end}"
-            )
-            if liar == primary:
+            groups.sort(key=lambda g: len(g[1]), reverse=True)
+            sizes = [len(m) for _, m in groups]
+            span = f"{self.chain[i].hop.start}:{self.chain[i].hop.end}"
+            if (
+                sizes[0] == sizes[1]
+            ):  # no majority: the primary's output stands unless another answer has more
+                log.warning("spot_check_undecided", primary=primary, answers=[m for _, m in groups])
+                if any(primary in m for _, m in groups if len(m) == sizes[0]):
+                    return i, out
+                return await self._replace(i, pos, upto)
+            for _, members in groups[1:]:
+                for liar in members:
+                    self.stats.liars.append(liar)
+                    self.c.bans.ban(liar, trio.current_time())
+                    self.c.first_checked.discard(liar)  # once its ban ends, its first step is checked again
+                    log.warning("provider_lied", peer_id=liar, layers=span, majority=len(groups[0][1]))
+            if primary not in groups[0][1]:
                 return await self._replace(i, pos, upto)
             return i, out
         finally:

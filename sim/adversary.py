@@ -133,7 +133,10 @@ def outcomes(sim: Simulation) -> None:
     if liars:
         c.adversary["liar_nodes"] = len(liars)
         c.adversary["liar_tokens_served"] = sum(s.tokens_served for s in liars)
-        c.adversary["liars_caught_by_spot_checks"] = sum(g.liars_caught for g in c.generations)
+        c.adversary["liars_caught_by_spot_checks"] = sum(
+            g.liars_caught - g.honest_accused for g in c.generations
+        )
+        c.adversary["honest_providers_accused"] = sum(g.honest_accused for g in c.generations)
         c.adversary["wrong_generations_returned"] = sum(1 for g in c.generations if g.ok and not g.correct)
     riders = [s for s in sim.nodes if s.free_rider]
     if riders:

@@ -45,6 +45,7 @@ class Generation:
     spot_checks: int
     paid_wei: int
     detail: str = ""  # the error's message when the generation failed
+    honest_accused: int = 0  # honest providers the client's spot checks banned as liars
 
 
 @dataclass

@@ -143,6 +143,7 @@ class Drivers:
                 stats.spot_checks,
                 sum(h.paid_wei for h in stats.hops),
                 detail,
+                sum(1 for p in stats.liars if (s := self.by_peer.get(p)) is not None and s.honest),
             )
         )
 

@@ -181,3 +181,23 @@ def test_a_run_repeats_in_another_process_with_another_hash_seed(tmp_path: Path)
         outputs.add(out.read_bytes())
     assert len(outputs) == 1
     assert json.loads(outputs.pop())["generations"]["honest"]["started"] > 0
+
+
+def test_liars_that_lie_alike_cannot_vouch_for_each_other(tmp_path: Path) -> None:
+    """Two of five providers of a span return the same wrong activations. A first check by one checker
+    passed whenever it drew the other liar; with two checkers and the majority deciding, no generation
+    returns wrong text and no honest provider is banned."""
+    raw = tiny(duration_s=60)
+    raw["nodes"]["providers"] = [
+        {"count": 3, "layers": "0:1"},
+        {"count": 2, "layers": "0:1", "lie": True},
+        {"count": 1, "layers": "1:2"},
+    ]
+    raw["nodes"]["gateways"] = [{"count": 3}]
+    raw["workload"]["spot_check_p"] = 0.05
+    m = run_scenario(parse_scenario(raw), 1, workdir=tmp_path).metrics
+    honest, adv = m["generations"]["honest"], m["adversaries"]
+    assert honest["completed"] >= 5 and adv["liar_tokens_served"] > 0
+    assert adv["liars_caught_by_spot_checks"] >= 2
+    assert adv["honest_providers_accused"] == 0
+    assert adv["wrong_generations_returned"] == 0 and honest["correct"] == honest["completed"]
