@@ -20,6 +20,7 @@ import libp2p.pubsub.pubsub as _pubsub_module
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStore, PeerStoreError
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
@@ -99,6 +100,19 @@ def score_params() -> ScoreParams:
         graylist_threshold=BAN_SCORE - 40.0,
         accept_px_threshold=0.0,
     )
+
+
+def forget_addrs(peerstore: PeerStore, peer: ID) -> None:
+    """Drop ``peer``'s addresses and signed record, so that nothing dials it back.
+
+    py-libp2p's ``clear_addrs`` clears the addresses, then raises `PeerStoreError` when the peer's entry has
+    outlived its TTL (its record check reads the addresses through the expiry test). Raised in the gossip
+    guard, that ended the guard and the node with it (a 200-node simulation stopped so).
+    """
+    try:
+        peerstore.clear_addrs(peer)
+    except PeerStoreError:
+        peerstore.peer_record_map.pop(peer, None)
 
 
 class AdvertGossip:
@@ -262,7 +276,7 @@ class AdvertGossip:
                     self.pubsub.add_to_blacklist(peer)
                     # Pubsub's blacklist only drops its stream: forget the addresses (so the auto-dialler
                     # does not call it back) and close the connection.
-                    self.host.get_peerstore().clear_addrs(peer)
+                    forget_addrs(self.host.get_peerstore(), peer)
                     try:
                         await self.host.disconnect(peer)
                     except Exception as exc:  # already gone

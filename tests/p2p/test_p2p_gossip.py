@@ -208,3 +208,33 @@ def test_a_sender_record_is_verified_once_and_a_changed_one_again(monkeypatch) -
     )  # (setting 0 did nothing 1 in 256)
     assert not consume(tampered, receiver, sender.get_id())
     assert len(calls) == 3
+
+
+def test_forgetting_a_peer_whose_peerstore_entry_expired_clears_it_without_raising(monkeypatch) -> None:
+    """The gossip guard forgets a banned peer's addresses. py-libp2p's ``clear_addrs`` raised for a peer
+    whose entry had outlived its TTL and held a signed record, which ended the guard and its node."""
+    import libp2p.peer.peerdata as peerdata
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.envelope import seal_record
+    from libp2p.peer.peer_record import PeerRecord
+    from libp2p.peer.peerstore import PeerStore, PeerStoreError
+    from multiaddr import Multiaddr
+
+    from node.p2p.gossip import forget_addrs
+
+    keys = create_new_key_pair(b"\x07" * 32)
+    peer = ID.from_pubkey(keys.public_key)
+    record = PeerRecord(peer, [Multiaddr("/ip4/10.0.0.7/tcp/4001")])
+    store = PeerStore()
+    assert store.consume_peer_record(seal_record(record, keys.private_key), ttl=30)
+    assert store.addrs(peer) and store.get_peer_record(peer) is not None
+    later = peerdata.time.time() + 60
+    monkeypatch.setattr(peerdata.time, "time", lambda: later)  # the entry's TTL has passed
+    with pytest.raises(PeerStoreError):  # the library's own call, as the guard made it
+        PeerStore.clear_addrs(store, peer)
+    store = PeerStore()
+    monkeypatch.undo()
+    assert store.consume_peer_record(seal_record(record, keys.private_key), ttl=30)
+    monkeypatch.setattr(peerdata.time, "time", lambda: later)
+    forget_addrs(store, peer)
+    assert store.get_peer_record(peer) is None and not store.peer_data_map[peer].get_addrs()
