@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 import trio
+from libp2p.peer.id import ID as PeerID
 
 # Virtual t=0 reads as this wall-clock instant (2024-01-01T00:00:00Z): far from 0, so code that
 # subtracts timestamps or checks expiry behaves as it does in production.
@@ -210,6 +211,16 @@ class _SeededSecrets:
         return self._rng.choice(seq)
 
 
+def _stable_peer_id_hash(self: Any) -> int:
+    """A peer ID's hash from its own bytes (the key's last 8), the same in every process. The library hashes
+    the bytes with Python's ``hash``, which ``PYTHONHASHSEED`` salts: sets of peer IDs then iterate in
+    another order in another process, and choices made from them (gossip targets, DHT peers) differ."""
+    cached = self.__dict__.get("_stable_hash")
+    if cached is None:
+        cached = self.__dict__["_stable_hash"] = int.from_bytes(self._bytes[-8:], "big") >> 2
+    return cached
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[random.Random]:
     """Seed every source of randomness libp2p and trio's scheduler use; yields an RNG for the caller.
@@ -222,12 +233,14 @@ def seeded(seed: int) -> Iterator[random.Random]:
     state = random.getstate()
     sched_state = trio_run._r.getstate()
     sched_mode = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    id_hash = PeerID.__hash__
     saved: list[tuple[ModuleType, Any]] = []
     secrets_rng = random.Random(f"secrets|{seed}")
     try:
         random.seed(f"global|{seed}")
         trio_run._r.seed(f"trio|{seed}")
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+        PeerID.__hash__ = _stable_peer_id_hash  # type: ignore[method-assign]
         fake = _SeededSecrets(secrets_rng)
         for module in _libp2p_modules():
             real = getattr(module, "secrets", None)
@@ -238,6 +251,7 @@ def seeded(seed: int) -> Iterator[random.Random]:
     finally:
         for module, real in saved:
             module.secrets = real  # type: ignore[attr-defined]
+        PeerID.__hash__ = id_hash  # type: ignore[method-assign]
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = sched_mode  # type: ignore[misc]
         trio_run._r.setstate(sched_state)
         random.setstate(state)
