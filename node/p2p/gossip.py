@@ -43,6 +43,14 @@ log = get_logger("steppe.p2p.gossip")
 SENDER_RECORD_REUSE_S = 600.0
 
 
+def _now() -> float:
+    """Trio's clock (virtual in the simulator, where wall time made runs of one seed differ), else wall."""
+    try:
+        return trio.current_time()
+    except RuntimeError:  # not inside trio.run
+        return time.monotonic()
+
+
 def _remember_verified_sender_records() -> None:
     """Verify each peer's signed peer record once, not on every pubsub RPC.
 
@@ -63,7 +71,7 @@ def _remember_verified_sender_records() -> None:
             return original(msg, host, peer_id)
         seen = verified.setdefault(host, {})
         record = msg.senderRecord
-        now = time.monotonic()
+        now = _now()
         hit = seen.get(peer_id)
         if hit is not None and hit[0] == record and now - hit[1] < SENDER_RECORD_REUSE_S:
             return True

@@ -238,3 +238,28 @@ def test_forgetting_a_peer_whose_peerstore_entry_expired_clears_it_without_raisi
     monkeypatch.setattr(peerdata.time, "time", lambda: later)
     forget_addrs(store, peer)
     assert store.get_peer_record(peer) is None and not store.peer_data_map[peer].get_addrs()
+
+
+async def test_a_verified_sender_record_expires_on_trios_clock(monkeypatch, autojump_clock) -> None:
+    """The reuse window of a verified sender record runs on trio's clock: on the wall clock, a simulated
+    run re-verified records (and refreshed the peerstore) at moments set by how fast the machine was, so
+    two runs of one seed differed."""
+    import libp2p.pubsub.pubsub as pubsub_module
+    import libp2p.pubsub.utils as utils
+    from libp2p.peer.peerstore import env_to_send_in_RPC
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from node.p2p.gossip import SENDER_RECORD_REUSE_S
+
+    sender = build_host(Identity.from_int(77), [parse_listen_addr(LOOPBACK)])
+    receiver = build_host(Identity.from_int(78), [parse_listen_addr(LOOPBACK)])
+    calls = []
+    real = utils.consume_envelope
+    monkeypatch.setattr(utils, "consume_envelope", lambda *a: calls.append(1) or real(*a))
+    rpc = rpc_pb2.RPC(senderRecord=env_to_send_in_RPC(sender)[0])
+    consume = pubsub_module.maybe_consume_signed_record
+    assert consume(rpc, receiver, sender.get_id())
+    await trio.sleep(SENDER_RECORD_REUSE_S / 2)
+    assert consume(rpc, receiver, sender.get_id()) and len(calls) == 1
+    await trio.sleep(SENDER_RECORD_REUSE_S)
+    assert consume(rpc, receiver, sender.get_id()) and len(calls) == 2
