@@ -185,19 +185,27 @@ def test_a_busy_honest_forwarder_is_not_rate_limited(lone_gossip) -> None:
     assert all(router._check_spam_protection(peer, msg) for _ in range(1000))
 
 
-def test_a_sender_record_is_verified_once_and_a_changed_one_again(monkeypatch) -> None:
+def _sender_record_check(monkeypatch, sender_n: int, receiver_n: int):  # type: ignore[no-untyped-def]
+    """Two hosts, an RPC carrying the sender's record, pubsub's record check, and a list counting the
+    signature verifications it makes."""
     import libp2p.pubsub.pubsub as pubsub_module
     import libp2p.pubsub.utils as utils
     from libp2p.peer.peerstore import env_to_send_in_RPC
     from libp2p.pubsub.pb import rpc_pb2
 
-    sender = build_host(Identity.from_int(74), [parse_listen_addr(LOOPBACK)])
-    receiver = build_host(Identity.from_int(75), [parse_listen_addr(LOOPBACK)])
-    calls = []
+    sender = build_host(Identity.from_int(sender_n), [parse_listen_addr(LOOPBACK)])
+    receiver = build_host(Identity.from_int(receiver_n), [parse_listen_addr(LOOPBACK)])
+    calls: list[int] = []
     real = utils.consume_envelope
     monkeypatch.setattr(utils, "consume_envelope", lambda *a: calls.append(1) or real(*a))
     rpc = rpc_pb2.RPC(senderRecord=env_to_send_in_RPC(sender)[0])
-    consume = pubsub_module.maybe_consume_signed_record
+    return pubsub_module.maybe_consume_signed_record, rpc, sender, receiver, calls
+
+
+def test_a_sender_record_is_verified_once_and_a_changed_one_again(monkeypatch) -> None:
+    from libp2p.pubsub.pb import rpc_pb2
+
+    consume, rpc, sender, receiver, calls = _sender_record_check(monkeypatch, 74, 75)
     assert consume(rpc, receiver, sender.get_id()) and consume(rpc, receiver, sender.get_id())
     assert len(calls) == 1
     # Another peer presenting the same record is checked (and refused: the record names the sender).
@@ -244,20 +252,9 @@ async def test_a_verified_sender_record_expires_on_trios_clock(monkeypatch, auto
     """The reuse window of a verified sender record runs on trio's clock: on the wall clock, a simulated
     run re-verified records (and refreshed the peerstore) at moments set by how fast the machine was, so
     two runs of one seed differed."""
-    import libp2p.pubsub.pubsub as pubsub_module
-    import libp2p.pubsub.utils as utils
-    from libp2p.peer.peerstore import env_to_send_in_RPC
-    from libp2p.pubsub.pb import rpc_pb2
-
     from node.p2p.gossip import SENDER_RECORD_REUSE_S
 
-    sender = build_host(Identity.from_int(77), [parse_listen_addr(LOOPBACK)])
-    receiver = build_host(Identity.from_int(78), [parse_listen_addr(LOOPBACK)])
-    calls = []
-    real = utils.consume_envelope
-    monkeypatch.setattr(utils, "consume_envelope", lambda *a: calls.append(1) or real(*a))
-    rpc = rpc_pb2.RPC(senderRecord=env_to_send_in_RPC(sender)[0])
-    consume = pubsub_module.maybe_consume_signed_record
+    consume, rpc, sender, receiver, calls = _sender_record_check(monkeypatch, 77, 78)
     assert consume(rpc, receiver, sender.get_id())
     await trio.sleep(SENDER_RECORD_REUSE_S / 2)
     assert consume(rpc, receiver, sender.get_id()) and len(calls) == 1
