@@ -610,9 +610,8 @@ class _Run:
             groups.sort(key=lambda g: len(g[1]), reverse=True)
             sizes = [len(m) for _, m in groups]
             span = f"{self.chain[i].hop.start}:{self.chain[i].hop.end}"
-            if (
-                sizes[0] == sizes[1]
-            ):  # no majority: the primary's output stands unless another answer has more
+            if sizes[0] == sizes[1]:
+                # No majority: the primary's output stands unless another answer has more support.
                 log.warning("spot_check_undecided", primary=primary, answers=[m for _, m in groups])
                 if any(primary in m for _, m in groups if len(m) == sizes[0]):
                     return i, out
