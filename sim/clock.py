@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib
+import itertools
 import random
 import sys
 import threading
@@ -32,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 import trio
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID as PeerID
 
 # Virtual t=0 reads as this wall-clock instant (2024-01-01T00:00:00Z): far from 0, so code that
@@ -221,6 +223,38 @@ def _stable_peer_id_hash(self: Any) -> int:
     return cached
 
 
+def _connection_order(conn: Any) -> int:
+    """A connection's place in the order in which `_stable_best_connection` first met it."""
+    order = conn.__dict__.get("_sim_order")
+    if order is None:
+        order = conn.__dict__["_sim_order"] = next(_connection_orders)
+    return order
+
+
+_connection_orders = itertools.count()
+
+
+def _stable_best_connection(self: Any, connections: list[Any]) -> Any:
+    """The swarm's choice among several connections to one peer, as the library makes it (direct before
+    relayed, then more open streams), with a tie broken by the order in which connections were first met
+    instead of by ``id(conn)``. A memory address differs between processes, and so did which of two
+    connections carried a stream, and every arrival time after it."""
+    from libp2p.connection_types import ConnectionType
+
+    def key(conn: Any) -> tuple[bool, int, int]:
+        try:
+            direct = conn.get_connection_type() == ConnectionType.DIRECT
+        except Exception:
+            direct = True
+        try:
+            streams = len(conn.get_streams())
+        except Exception:
+            streams = 0
+        return (direct, streams, _connection_order(conn))
+
+    return max(connections, key=key)
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[random.Random]:
     """Seed every source of randomness libp2p and trio's scheduler use; yields an RNG for the caller.
@@ -234,13 +268,17 @@ def seeded(seed: int) -> Iterator[random.Random]:
     sched_state = trio_run._r.getstate()
     sched_mode = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
     id_hash = PeerID.__hash__
+    best_connection = Swarm._best_connection
     saved: list[tuple[ModuleType, Any]] = []
     secrets_rng = random.Random(f"secrets|{seed}")
+    global _connection_orders
+    _connection_orders = itertools.count()
     try:
         random.seed(f"global|{seed}")
         trio_run._r.seed(f"trio|{seed}")
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
         PeerID.__hash__ = _stable_peer_id_hash  # type: ignore[method-assign]
+        Swarm._best_connection = _stable_best_connection  # type: ignore[method-assign]
         fake = _SeededSecrets(secrets_rng)
         for module in _libp2p_modules():
             real = getattr(module, "secrets", None)
@@ -252,6 +290,7 @@ def seeded(seed: int) -> Iterator[random.Random]:
         for module, real in saved:
             module.secrets = real  # type: ignore[attr-defined]
         PeerID.__hash__ = id_hash  # type: ignore[method-assign]
+        Swarm._best_connection = best_connection  # type: ignore[method-assign]
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = sched_mode  # type: ignore[misc]
         trio_run._r.setstate(sched_state)
         random.setstate(state)

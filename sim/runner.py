@@ -434,6 +434,9 @@ class Simulation(Drivers):
             "honest_nodes": sum(1 for s in self.nodes if s.honest),
             "bytes_sent": net.bytes_sent,
             "events": dict(sorted(net.counts.items())),
+            # A hash of every send, connect, reset and fault (time, kind, addresses, size): equal metrics
+            # then mean the same run, event for event.
+            "trace_digest": net.trace_digest(),
         }
         if self.payments is not None:
             c.payments = self.payments.audit(self)
