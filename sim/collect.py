@@ -70,6 +70,9 @@ class Collector:
     #: (t, outcome, peers queried, seconds taken); outcome: "ok" (a live provider found), "timeout" (nothing
     #: within the lookup's deadline), "none" (an answer without providers), "gone" (only departed providers).
     lookups: list[tuple[float, str, int, float]] = field(default_factory=list)
+    #: lookups whose asker crashed, left or restarted before the lookup ended: no answer could reach it, so
+    #: they are counted here and not in `lookups`.
+    lookups_asker_gone: int = 0
     churn_events: list[tuple[float, str, int]] = field(default_factory=list)  # (t, kind, node)
     adversary: Counter[str] = field(default_factory=Counter)
     # receiver -> advert peer -> highest seq it has accepted (to spot replays that got in)
@@ -217,6 +220,7 @@ def summarise(c: Collector, *, end_s: float, scenario: dict) -> dict:
             if c.lookups
             else None,
             "failures": dict(sorted(Counter(o for _t, o, _q, _s in c.lookups if o != "ok").items())),
+            "not_counted_asker_gone": c.lookups_asker_gone,
             "successful_s": {"p50": r(quantile(lookups_ok, 0.5), 3), "p99": r(quantile(lookups_ok, 0.99), 3)}
             if lookups_ok
             else None,

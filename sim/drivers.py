@@ -155,6 +155,8 @@ class Drivers:
         blocks = list(blocks_of(0, self.sc.model.layers))
         while True:
             await trio.sleep(1.0 / rate)
+            if trio.current_time() + LOOKUP_DEADLINE_S > self.end_s:
+                return  # a lookup that could not use its whole deadline before the nodes stop is not made
             askers = [s for s in self.nodes if s.honest and s.up and s.node is not None]
             if askers:
                 sn = askers[self.rng.randrange(len(askers))]
@@ -183,6 +185,9 @@ class Drivers:
         finally:
             with suppress(AttributeError):
                 del store._get_providers_from_peer_with_closers
+        if not sn.up or sn.node is not node:
+            self.c.lookups_asker_gone += 1  # the asker crashed, left or restarted while it waited
+            return
         live = [p for p in found if (s := self.by_peer.get(str(p.peer_id))) is not None and s.up]
         if live:
             outcome = "ok"

@@ -111,7 +111,9 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
         f"- provider lookups: {dht['lookups']}, success ratio {_fmt(dht['success_ratio'])} (success = at least one "
         "provider found that is up)",
         f"- failed lookups by cause: {dht.get('failures') or 'none'} (timeout: no live provider within 10 s; none: "
-        "an answer without providers; gone: only providers that have left); successful lookups took "
+        "an answer without providers; gone: only providers that have left); not counted: "
+        f"{dht.get('not_counted_asker_gone', 0)} whose asker crashed, left or restarted before the answer; "
+        "successful lookups took "
         f"{_lookup_times(dht.get('successful_s'))}",
         f"- peers queried per lookup (mean {_fmt(dht['peers_queried_mean'])}): "
         f"{dht['peers_queried_histogram']}. py-libp2p hides the lookup path, so *peers queried* in the "
