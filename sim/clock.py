@@ -216,11 +216,13 @@ class _SeededSecrets:
 def _stable_peer_id_hash(self: Any) -> int:
     """A peer ID's hash from its own bytes (the key's last 8), the same in every process. The library hashes
     the bytes with Python's ``hash``, which ``PYTHONHASHSEED`` salts: sets of peer IDs then iterate in
-    another order in another process, and choices made from them (gossip targets, DHT peers) differ."""
-    cached = self.__dict__.get("_stable_hash")
-    if cached is None:
-        cached = self.__dict__["_stable_hash"] = int.from_bytes(self._bytes[-8:], "big") >> 2
-    return cached
+    another order in another process, and choices made from them (gossip targets, DHT peers) differ.
+    Cached on the ID (tens of millions of dict lookups in a 200-node run)."""
+    try:
+        return self._stable_hash  # type: ignore[no-any-return]
+    except AttributeError:
+        value = self._stable_hash = int.from_bytes(self._bytes[-8:], "big") >> 2
+        return value
 
 
 def _connection_order(conn: Any) -> int:
