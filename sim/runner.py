@@ -526,7 +526,7 @@ def _quiet_libp2p(quiet: bool) -> Iterator[None]:
     try:
         for lg in loggers:
             lg.setLevel(logging.CRITICAL)
-            # libp2p calls `logger.debug` ~1,200 times per virtual second per node; even a disabled call
+            # libp2p calls `logger.debug` ~600 times per virtual second per node; even a disabled call
             # costs a method call and a level check (1% of a 200-node run's CPU).
             lg.debug = _silent  # type: ignore[method-assign]
         yield
