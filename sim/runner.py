@@ -41,6 +41,7 @@ from .clock import simulation
 from .collect import DELIVERY_WINDOW_S, Collector, Published, propagation_curves, summarise
 from .drivers import Drivers
 from .net import LinkSpec, SimNetwork
+from .quiet import without_log_calls
 from .scenario import GatewayGroup, ProviderGroup, Scenario
 from .transport import SimTransport
 
@@ -529,7 +530,8 @@ def _quiet_libp2p(quiet: bool) -> Iterator[None]:
             # libp2p calls `logger.debug` ~600 times per virtual second per node; even a disabled call
             # costs a method call and a level check (1% of a 200-node run's CPU).
             lg.debug = _silent  # type: ignore[method-assign]
-        yield
+        with without_log_calls("libp2p"):
+            yield
     finally:
         for lg, level in saved:
             lg.setLevel(level)
