@@ -37,7 +37,7 @@ from protocol.identity import Identity
 from protocol.route import RouteParams
 
 from .backend import CostModel, CostModelShard, InlineShard, TinygradReference
-from .clock import simulation
+from .clock import sim_clock, simulation
 from .collect import DELIVERY_WINDOW_S, Collector, Published, propagation_curves, summarise
 from .drivers import Drivers
 from .net import LinkSpec, SimNetwork
@@ -93,7 +93,7 @@ class Simulation(Drivers):
         self, scenario: Scenario, seed: int, workdir: Path, progress: Callable[[float], None] | None = None
     ) -> None:
         self.sc, self.seed, self.workdir, self.progress = scenario, seed, workdir, progress
-        self.clock = trio.testing.MockClock(autojump_threshold=0)
+        self.clock = sim_clock()
         self.c = Collector(epoch_ms=EPOCH_MS)
         self.nodes: list[SimNode] = []
         self.by_peer: dict[str, SimNode] = {}

@@ -179,6 +179,40 @@ async def test_a_held_fast_lock_is_handed_over_in_order_and_honours_cancellation
     assert scope.cancelled_caught and not lock.locked()
 
 
+async def test_a_fast_lock_checks_its_owner_and_skips_a_cancelled_waiter() -> None:
+    lock = speedups.FastLock()
+    got: list[str] = []
+    scopes: list[trio.CancelScope] = []
+
+    async def take(name: str) -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            async with lock:
+                got.append(name)
+
+    await lock.acquire()
+    with pytest.raises(RuntimeError):
+        await lock.acquire()  # no re-entry
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, "cancelled")
+        await trio.sleep(0.001)
+        nursery.start_soon(take, "second")
+        await trio.sleep(0.01)
+        assert lock.statistics().tasks_waiting == 2
+
+        async def stranger() -> None:
+            with pytest.raises(RuntimeError):
+                lock.release()  # not the owner
+
+        nursery.start_soon(stranger)
+        await trio.sleep(0.01)
+        scopes[0].cancel()
+        await trio.sleep(0.01)
+        assert lock.statistics().tasks_waiting == 1
+        lock.release()
+    assert got == ["second"] and not lock.locked()
+
+
 async def test_fast_semaphore_counts_tokens() -> None:
     sem = speedups.FastSemaphore(2)
     await sem.acquire()
@@ -188,6 +222,22 @@ async def test_fast_semaphore_counts_tokens() -> None:
             sem.acquire_nowait()
     sem.release()
     assert sem.value == 2
+
+    bounded = speedups.FastSemaphore(1, max_value=1)
+    with pytest.raises(ValueError):
+        bounded.release()
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        async with bounded:
+            order.append(i)
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(take, i)
+            await trio.sleep(0.001)
+    assert order == [0, 1, 2] and bounded.value == 1
 
 
 class _Tree(Service):
