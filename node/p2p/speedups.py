@@ -29,6 +29,10 @@ those modules are replaced by `FastLock`/`FastSemaphore`: trio's semantics (fair
 but a free lock is taken at once, without the owner bookkeeping trio keeps in its scheduler. Cancellation
 is still checked on every acquire, and every write still ends in the library's own scheduling point, so no loop runs without yielding.
 
+**Yamux's write path without per-frame bookkeeping.** Each frame written decoded its own header and built
+lists of flag names for a debug line, and took the stream's write lock through a generator-based context
+manager. The frame is now written as is, under a plain context manager around the same semaphore.
+
 **A frame body already in hand is read without a timer.** Yamux reads each DATA frame's body under a 60 s
 deadline (a cancel scope registered with trio's deadline heap, per frame). The sender writes header and body
 as one Noise message, so once the header is read the body is nearly always buffered already; then it is
@@ -223,11 +227,23 @@ class FastLock:
     def statistics(self) -> trio.LockStatistics:
         return trio.LockStatistics(locked=self.locked(), owner=self._owner, tasks_waiting=len(self._lot))
 
-    async def __aenter__(self) -> None:
-        await self.acquire()
+    async def __aenter__(self) -> None:  # `acquire`, inlined: this runs millions of times
+        await trio.lowlevel.checkpoint_if_cancelled()
+        task = trio.lowlevel.current_task()
+        if self._owner is None and not self._lot:
+            self._owner = task
+            return
+        if self._owner is task:
+            raise RuntimeError("attempt to re-acquire an already held Lock")
+        await self._lot.park()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
+    async def __aexit__(self, *exc: object) -> None:  # `release`, inlined
+        if trio.lowlevel.current_task() is not self._owner:
+            raise RuntimeError("can't release a Lock you don't own")
+        if self._lot:
+            (self._owner,) = self._lot.unpark(count=1)
+        else:
+            self._owner = None
 
 
 class FastSemaphore:
@@ -281,6 +297,33 @@ class FastSemaphore:
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
+
+
+class _WriteLocked:
+    """``ReadWriteLock.write_lock()`` as a plain async context manager (the library's is a generator-based
+    ``asynccontextmanager``: a generator, its frame and two extra calls per Yamux frame written)."""
+
+    __slots__ = ("_rw",)
+
+    def __init__(self, rw: Any) -> None:
+        self._rw = rw
+
+    async def __aenter__(self) -> None:
+        await self._rw.acquire_write()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._rw.release_write()
+
+
+def _write_lock(self: Any) -> _WriteLocked:
+    return _WriteLocked(self)
+
+
+async def _write_frame(self: Yamux, data: bytes) -> None:
+    """The library's ``_write_frame`` without its per-frame header decoding, which only fed a debug log."""
+    async with self._write_lock:
+        await self.secured_conn.write(data)
+    await trio.lowlevel.checkpoint()
 
 
 def _trio_with_fast_locks() -> types.ModuleType:
@@ -503,6 +546,8 @@ def install() -> None:
     FunctionTask.run = _run  # type: ignore[method-assign]
     TrioManager._find_parent_task = _find_parent_task  # type: ignore[method-assign]
     Yamux._read_data_body = _read_data_body  # type: ignore[method-assign]
+    Yamux._write_frame = _write_frame  # type: ignore[method-assign]
+    _rw_lock_module.ReadWriteLock.write_lock = _write_lock  # type: ignore[method-assign,assignment]
     _gossipsub_module.GossipSub.send_recent_messages = _send_recent_messages  # type: ignore[method-assign]
     env_users = (
         "libp2p.pubsub.pubsub",
