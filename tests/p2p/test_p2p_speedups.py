@@ -213,6 +213,33 @@ async def test_a_fast_lock_checks_its_owner_and_skips_a_cancelled_waiter() -> No
     assert got == ["second"] and not lock.locked()
 
 
+async def test_the_stream_write_lock_admits_one_writer_at_a_time() -> None:
+    from libp2p.stream_muxer.rw_lock import ReadWriteLock
+
+    assert ReadWriteLock.write_lock is speedups._write_lock
+    rw = ReadWriteLock()
+    inside: list[int] = []
+    most = 0
+
+    async def write(i: int) -> None:
+        nonlocal most
+        async with rw.write_lock():
+            inside.append(i)
+            most = max(most, len(inside))
+            await trio.sleep(0.01)
+            inside.remove(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(write, i)
+    assert most == 1
+    with pytest.raises(ZeroDivisionError):
+        async with rw.write_lock():
+            1 / 0  # noqa: B018
+    async with rw.write_lock():  # released on the error
+        pass
+
+
 async def test_fast_semaphore_counts_tokens() -> None:
     sem = speedups.FastSemaphore(2)
     await sem.acquire()
