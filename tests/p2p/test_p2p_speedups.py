@@ -105,6 +105,37 @@ async def test_a_transfer_many_windows_long_completes_intact() -> None:
         assert seen == [payload]
 
 
+async def test_a_writer_of_many_frames_still_lets_other_tasks_run() -> None:
+    # The frame's write to the socket is its scheduling point (Yamux's extra one after it is gone).
+    got = bytearray()
+    done = trio.Event()
+
+    async def handler(stream: INetStream) -> None:
+        got.extend(await _read_exactly(stream, 200 * 64))
+        done.set()
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0)
+
+    async with _pair(handler) as (a, b), trio.open_nursery() as nursery:
+        stream = await a.new_stream(b.get_id(), [PROTO])
+        nursery.start_soon(ticker)
+        await trio.sleep(0)
+        before = ticks
+        for i in range(200):
+            await stream.write(bytes([i % 256]) * 64)
+        assert ticks - before >= 100  # the ticker ran between the writes
+        with trio.fail_after(10):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert bytes(got) == b"".join(bytes([i % 256]) * 64 for i in range(200))
+
+
 async def test_a_reader_that_stops_reading_stops_its_sender_after_one_window() -> None:
     reading = trio.Event()
     got: list[bytes] = []
