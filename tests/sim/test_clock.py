@@ -14,7 +14,7 @@ import pytest
 import trio
 from libp2p.tools.timed_cache.last_seen_cache import LastSeenCache
 
-from sim.clock import EPOCH, seeded, virtual_time
+from sim.clock import EPOCH, seeded, sim_clock, virtual_time
 
 
 async def test_libp2p_reads_virtual_time_inside_the_context_and_real_time_after(
@@ -58,3 +58,29 @@ async def test_the_same_seed_draws_the_same_libp2p_randomness(autojump_clock: tr
     assert draws(5) == draws(5)
     assert draws(5) != draws(6)
     assert routing_table.secrets.__name__ == "secrets"  # restored
+
+
+def test_the_simulation_clock_tells_the_mock_clocks_time_without_reading_the_real_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = sim_clock()
+    seen: list[float] = []
+
+    async def main() -> None:
+        seen.append(trio.current_time())
+        await trio.sleep(12.5)  # autojump: no real waiting
+        seen.append(trio.current_time())
+        clock.jump(0.25)
+        seen.append(trio.current_time())
+
+    trio.run(main, clock=clock)
+    assert seen == [0.0, 12.5, 12.75]
+
+    def no_real_clock() -> float:
+        raise AssertionError("read the real clock")
+
+    monkeypatch.setattr(clock, "_real_clock", no_real_clock)
+    assert clock.current_time() == 12.75  # at rate 0
+    monkeypatch.undo()
+    clock.rate = 2.0  # a running mock clock still measures real time
+    assert clock.current_time() >= 12.75
