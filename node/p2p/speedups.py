@@ -231,23 +231,10 @@ class FastLock:
     def statistics(self) -> trio.LockStatistics:
         return trio.LockStatistics(locked=self.locked(), owner=self._owner, tasks_waiting=len(self._lot))
 
-    async def __aenter__(self) -> None:  # `acquire`, inlined: this runs millions of times
-        await trio.lowlevel.checkpoint_if_cancelled()
-        task = trio.lowlevel.current_task()
-        if self._owner is None and not self._lot:
-            self._owner = task
-            return
-        if self._owner is task:
-            raise RuntimeError("attempt to re-acquire an already held Lock")
-        await self._lot.park()
+    __aenter__ = acquire  # the same coroutine, not one awaiting another: this runs millions of times
 
-    async def __aexit__(self, *exc: object) -> None:  # `release`, inlined
-        if trio.lowlevel.current_task() is not self._owner:
-            raise RuntimeError("can't release a Lock you don't own")
-        if self._lot:
-            (self._owner,) = self._lot.unpark(count=1)
-        else:
-            self._owner = None
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 class FastSemaphore:
@@ -296,8 +283,7 @@ class FastSemaphore:
     def statistics(self) -> Any:
         return trio.lowlevel.ParkingLotStatistics(tasks_waiting=len(self._lot))
 
-    async def __aenter__(self) -> None:
-        await self.acquire()
+    __aenter__ = acquire
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
