@@ -33,9 +33,10 @@ send), so no loop runs without yielding.
 **Yamux's write path without per-frame bookkeeping.** Each frame written decoded its own header and built
 lists of flag names for a debug line, took the stream's write lock through a generator-based context
 manager, and after the write yielded to the scheduler once more. The write itself is a scheduling point
-(trio's socket yields on every send; the simulator's on every 16th, see docs/sim.md), so the second one only cost a scheduler turn and a resumption of the
-writer's await chain: 42% of all trio task steps in a 200-node simulation. The frame is now written as is,
-under a plain context manager around the same semaphore, and the write is the frame's one yield.
+(trio's socket yields on every send; the simulator's on every 16th, see docs/sim.md), so the second one
+only cost a scheduler turn and a resumption of the writer's await chain: 42% of all trio task steps in a
+200-node simulation. The frame is now written as is, under a plain context manager around the same
+semaphore, and the write is the frame's one yield.
 
 **A frame body already in hand is read without a timer.** Yamux reads each DATA frame's body under a 60 s
 deadline (a cancel scope registered with trio's deadline heap, per frame). The sender writes header and body

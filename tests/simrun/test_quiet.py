@@ -124,7 +124,7 @@ def test_libp2p_hot_paths_lose_their_debug_calls_for_the_run_only() -> None:
     assert debug_calls() > 0
 
 
-def test_a_run_without_the_log_calls_is_the_same_run(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_without_the_log_calls_is_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sc = parse_scenario(tiny(duration_s=20))
     stripped = run_scenario(sc, 5, workdir=tmp_path / "a")
 
