@@ -43,6 +43,7 @@ from .drivers import Drivers
 from .net import LinkSpec, SimNetwork
 from .quiet import without_log_calls
 from .scenario import GatewayGroup, ProviderGroup, Scenario
+from .signatures import shared_signature_checks
 from .transport import SimTransport
 
 log = get_logger("steppe.sim")
@@ -481,7 +482,7 @@ def run_scenario(
     """Run ``scenario`` to its end (blocking). ``seed`` defaults to the scenario's. ``quiet`` silences
     libp2p's own stdlib loggers (thousands of per-stream warnings at scale) for the run."""
     seed = scenario.seed if seed is None else seed
-    with _workdir(workdir) as wd, _quiet_libp2p(quiet), _rare_gc():
+    with _workdir(workdir) as wd, _quiet_libp2p(quiet), _rare_gc(), shared_signature_checks():
         sim = Simulation(scenario, seed, wd, progress)
         t0, c0 = time.monotonic(), time.process_time()
         metrics = trio.run(sim.main, clock=sim.clock)

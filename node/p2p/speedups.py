@@ -94,9 +94,11 @@ import uuid
 import weakref
 from typing import Any
 
+import libp2p.host.observed_addr_manager as _observed_module
 import libp2p.kad_dht.utils as _dht_utils_module
 import libp2p.network.stream.net_stream as _net_stream_module
 import libp2p.network.swarm as _swarm_module
+import libp2p.peer.id as _id_module
 import libp2p.peer.peerstore as _peerstore_module
 import libp2p.pubsub.gossipsub as _gossipsub_module
 import libp2p.stream_muxer.rw_lock as _rw_lock_module
@@ -185,6 +187,16 @@ def _find_parent_task(self: TrioManager, trio_task: trio.lowlevel.Task):  # type
     return task if node in self._root_tasks else None
 
 
+def _may_be_cancelled(task: trio.lowlevel.Task) -> bool:
+    """Whether ``checkpoint_if_cancelled`` could raise in ``task``: trio's own test, read without the call
+    and await (a free acquire is otherwise nearly free, and there are millions). Another trio's internals
+    send every acquire through the real check."""
+    try:
+        return task._cancel_status.effectively_cancelled or task._runner.ki_pending  # type: ignore[attr-defined,no-any-return]
+    except AttributeError:
+        return True
+
+
 class FastLock:
     """A `trio.Lock` whose acquire parks the task only when the lock is held (see the module notes).
 
@@ -212,8 +224,9 @@ class FastLock:
         self._owner = task
 
     async def acquire(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
         task = trio.lowlevel.current_task()
+        if _may_be_cancelled(task):
+            await trio.lowlevel.checkpoint_if_cancelled()
         if self._owner is None and not self._lot:
             self._owner = task
             return
@@ -267,7 +280,8 @@ class FastSemaphore:
         self._value -= 1
 
     async def acquire(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if _may_be_cancelled(trio.lowlevel.current_task()):
+            await trio.lowlevel.checkpoint_if_cancelled()
         if self._value > 0:
             self._value -= 1
             return
@@ -378,6 +392,158 @@ async def _send_recent_messages(self: Any, peer_id: Any, topic: str) -> None:
             await pubsub.write_msg(stream, rpc)
         except Exception:  # the library logs and moves on too: the peer may be gone
             return
+
+
+_original_publish = _gossipsub_module.GossipSub.publish
+
+
+async def _publish(self: Any, msg_forwarder: Any, pubsub_msg: Any) -> None:
+    """`GossipSub.publish` (forward a validated message) with the same steps in the same order; only the
+    tests of the peers waiting for identify or subscription are cheaper (see the module's docstring)."""
+    gs = _gossipsub_module
+    if not self._check_spam_protection(msg_forwarder, pubsub_msg):
+        return
+    if not self._check_equivocation(pubsub_msg):
+        return
+    self.mcache.put(pubsub_msg)
+    pubsub = self.pubsub
+    msg_id = (
+        pubsub.get_message_id(pubsub_msg) if pubsub is not None else pubsub_msg.from_id + pubsub_msg.seqno
+    )
+    origin = gs.ID(pubsub_msg.from_id)
+    peers_gen = self._get_peers_to_send(
+        pubsub_msg.topicIDs, msg_forwarder=msg_forwarder, origin=origin, msg_id=msg_id
+    )
+    rpc_msg = gs.rpc_pb2.RPC(publish=[pubsub_msg])
+    if isinstance(pubsub, gs.Pubsub):
+        rpc_msg.senderRecord = gs.env_to_send_in_RPC(pubsub.host)[0]
+    await self._emit_idontwant_for_message(msg_id, pubsub_msg.topicIDs)
+    await self._notify_observers(pubsub_msg.topicIDs, msg_id)
+    scorer = self.scorer
+    for peer_id in peers_gen:
+        if pubsub is None:
+            raise gs.NoPubsubAttached
+        if peer_id not in pubsub.peers:
+            continue
+        if scorer is not None and not scorer.allow_publish(peer_id, list(pubsub_msg.topicIDs)):
+            continue
+        self.send_rpc(peer_id, rpc_msg)
+    if pubsub is not None:
+        # Peers not identified yet, or whose subscription has not arrived, get the message queued; the
+        # library compared every peer with the forwarder and the origin (a new `ID` each time) first.
+        identified, direct = self.peer_protocol, self.direct_peers
+        queued: set[Any] = set()
+
+        def queue(peer_id: Any) -> None:
+            self._prune_pending_messages(peer_id)
+            self._pending_messages[peer_id].append((gs.time.time(), rpc_msg))
+            queued.add(peer_id)
+
+        for topic in pubsub_msg.topicIDs:
+            topic_peers = pubsub.peer_topics.get(topic)
+            if topic_peers is not None:
+                for peer_id in topic_peers:
+                    if peer_id in identified or peer_id in direct or peer_id in queued:
+                        continue
+                    if peer_id != msg_forwarder and peer_id != origin:
+                        queue(peer_id)
+            for peer_id in pubsub.peers:
+                if topic_peers is not None and peer_id in topic_peers:
+                    continue
+                if peer_id in direct or peer_id in queued or peer_id == msg_forwarder or peer_id == origin:
+                    continue
+                queue(peer_id)
+    for topic in pubsub_msg.topicIDs:
+        self.time_since_last_publish[topic] = int(gs.time.time())
+        self.recent_message_deliveries[topic].append(gs.time.time())
+
+
+_original_get_peers_to_send = _gossipsub_module.GossipSub._get_peers_to_send
+
+
+def _get_peers_to_send(self: Any, topic_ids: Any, msg_forwarder: Any, origin: Any, msg_id: Any = None) -> Any:
+    """The library's choice of peers to forward to, which first collects the topic's floodsub peers by
+    looking up the protocol of every peer in the topic: with no floodsub peer at all (the usual case) it
+    gets the same set with nothing to collect, built the same way (so iterated in the same order)."""
+    if _FLOODSUB in self.peer_protocol.values() or self.pubsub is None:
+        yield from _original_get_peers_to_send(self, topic_ids, msg_forwarder, origin, msg_id)
+    else:
+        yield from _peers_without_floodsub(self, topic_ids, msg_forwarder, origin, msg_id)
+
+
+def _peers_without_floodsub(self: Any, topic_ids: Any, msg_forwarder: Any, origin: Any, msg_id: Any) -> Any:
+    pubsub = self.pubsub
+    send_to: set[Any] = set()
+    for topic in topic_ids:
+        if topic not in pubsub.peer_topics:
+            continue
+        send_to.update({peer for peer in self.direct_peers})
+        if topic in self.mesh:
+            chosen = self.mesh[topic]
+        else:
+            fanout = self.fanout[topic] if topic in self.fanout else set()
+            have = len(fanout)
+            if topic not in self.fanout or have < self.degree:
+                fanout.update(
+                    self._get_in_topic_gossipsub_peers_from_minus(topic, self.degree - have, fanout)
+                )
+            self.fanout[topic] = fanout
+            chosen = fanout
+        scorer = self.scorer
+        if scorer is not None and chosen:
+            send_to.update(
+                {
+                    p
+                    for p in chosen
+                    if scorer.allow_gossip(p, [topic]) and not scorer.is_graylisted(p, [topic])
+                }
+            )
+        else:
+            send_to.update(chosen)
+    peers = send_to.difference([msg_forwarder, origin])
+    if msg_id is not None:
+        unwanted = self.dont_send_message_ids
+        peers = {p for p in peers if p not in unwanted or msg_id not in unwanted[p]}
+    yield from peers
+
+
+_FLOODSUB = _gossipsub_module.floodsub.PROTOCOL_ID
+
+
+_original_id_eq = _id_module.ID.__eq__
+
+
+def _id_eq(self: Any, other: object) -> Any:
+    """`ID.__eq__` with its common case (another `ID`) tested first: the library tests for a string, then
+    bytes, then an ID, and pubsub compares peer IDs millions of times."""
+    if type(other) is _id_module.ID:
+        return self._bytes == other._bytes
+    return _original_id_eq(self, other)
+
+
+#: Distinct addresses whose thin-waist split identify's observed-address bookkeeping reuses.
+ADDRESS_CACHE_SIZE = 4096
+
+
+def _by_address(function: Any) -> Any:
+    """``function`` of multiaddrs (one, or one and a list), answered once per distinct bytes; the answer
+    (a bool, a string, or a multiaddr and a string, none of them changed by their users) is shared."""
+    answers: dict[Any, Any] = {}
+
+    @functools.wraps(function)
+    def cached(addr: Any, *more: Any) -> Any:
+        key = (addr.to_bytes(), *(tuple(a.to_bytes() for a in m) for m in more))
+        try:
+            return answers[key]
+        except KeyError:
+            pass
+        answer = answers[key] = function(addr, *more)
+        if len(answers) > ADDRESS_CACHE_SIZE:
+            del answers[next(iter(answers))]
+        return answer
+
+    cached.steppe_cached = True  # type: ignore[attr-defined]
+    return cached
 
 
 _original_consume_envelope = _dht_utils_module.consume_envelope
@@ -541,6 +707,8 @@ def install() -> None:
     Yamux._write_frame = _write_frame  # type: ignore[method-assign]
     _rw_lock_module.ReadWriteLock.write_lock = _write_lock  # type: ignore[method-assign,assignment]
     _gossipsub_module.GossipSub.send_recent_messages = _send_recent_messages  # type: ignore[method-assign]
+    _gossipsub_module.GossipSub.publish = _publish  # type: ignore[method-assign]
+    _gossipsub_module.GossipSub._get_peers_to_send = _get_peers_to_send  # type: ignore[method-assign]
     env_users = (
         "libp2p.pubsub.pubsub",
         "libp2p.pubsub.gossipsub",
@@ -563,6 +731,9 @@ def install() -> None:
             continue  # the definition itself stays
         module.read_varint_prefixed_bytes_limited = _read_varint_prefixed_bytes_limited  # type: ignore[attr-defined]
     _swarm_module.Swarm._notify = _notify  # type: ignore[method-assign]
+    _id_module.ID.__eq__ = _id_eq  # type: ignore[method-assign]
+    for name in ("extract_thin_waist", "is_valid_observation", "_match_local_thin_waist"):
+        setattr(_observed_module, name, _by_address(getattr(_observed_module, name)))
     fast_trio = _trio_with_fast_locks()
     for module in _LOCKED_MODULES:
         module.trio = fast_trio  # type: ignore[attr-defined]
