@@ -429,30 +429,20 @@ async def _publish(self: Any, msg_forwarder: Any, pubsub_msg: Any) -> None:
             continue
         self.send_rpc(peer_id, rpc_msg)
     if pubsub is not None:
-        # Peers not identified yet, or whose subscription has not arrived, get the message queued; the
-        # library compared every peer with the forwarder and the origin (a new `ID` each time) first.
-        identified, direct = self.peer_protocol, self.direct_peers
+        # Peers not identified yet, or whose subscription has not arrived, get the message queued. The
+        # library compared every pubsub peer with the forwarder and a new `ID` of the origin, one by one;
+        # set differences reuse the hashes the sets and dicts already hold. A peer's queue is its own, so
+        # the order in which peers are queued does not matter.
+        identified, direct, skip = self.peer_protocol, self.direct_peers, {msg_forwarder, origin}
         queued: set[Any] = set()
-
-        def queue(peer_id: Any) -> None:
-            self._prune_pending_messages(peer_id)
-            self._pending_messages[peer_id].append((gs.time.time(), rpc_msg))
-            queued.add(peer_id)
-
         for topic in pubsub_msg.topicIDs:
             topic_peers = pubsub.peer_topics.get(topic)
-            if topic_peers is not None:
-                for peer_id in topic_peers:
-                    if peer_id in identified or peer_id in direct or peer_id in queued:
-                        continue
-                    if peer_id != msg_forwarder and peer_id != origin:
-                        queue(peer_id)
-            for peer_id in pubsub.peers:
-                if topic_peers is not None and peer_id in topic_peers:
-                    continue
-                if peer_id in direct or peer_id in queued or peer_id == msg_forwarder or peer_id == origin:
-                    continue
-                queue(peer_id)
+            waiting = topic_peers.difference(identified, direct, queued, skip) if topic_peers else set()
+            waiting.update(set(pubsub.peers).difference(topic_peers or (), direct, queued, waiting, skip))
+            for peer_id in waiting:
+                self._prune_pending_messages(peer_id)
+                self._pending_messages[peer_id].append((gs.time.time(), rpc_msg))
+            queued |= waiting
     for topic in pubsub_msg.topicIDs:
         self.time_since_last_publish[topic] = int(gs.time.time())
         self.recent_message_deliveries[topic].append(gs.time.time())

@@ -89,7 +89,7 @@ def _publish_with(library: bool, state: dict[str, Any]) -> tuple[Any, ...]:
     )
     random.seed(state["seed"])  # the fanout's choice of peers is random
     trio.run(publish, router, PEERS[state["forwarder"]], msg)
-    pending = [(peer, len(queue)) for peer, queue in router._pending_messages.items()]
+    pending = {peer: len(queue) for peer, queue in router._pending_messages.items()}  # (each peer's own)
     return sent, pending, {t: sorted(p, key=ID.to_bytes) for t, p in router.fanout.items()}, dict(router.mesh)
 
 
