@@ -301,9 +301,8 @@ class Simulation(Drivers):
                 c.received_copies[sn.index] += 1
                 if pubsub._is_msg_seen(msg):
                     c.duplicate_copies[sn.index] += 1
-                    if (
-                        drops_seen
-                    ):  # the test would look it up again and refuse it (same instant, same answer)
+                    # the read loop's test would look it up again and refuse it (same instant, same answer)
+                    if drops_seen:
                         return False
             return wanted(msg)
 

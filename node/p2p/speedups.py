@@ -487,7 +487,7 @@ def _peers_without_floodsub(self: Any, topic_ids: Any, msg_forwarder: Any, origi
     for topic in topic_ids:
         if topic not in pubsub.peer_topics:
             continue
-        send_to.update({peer for peer in self.direct_peers})
+        send_to.update({peer for peer in self.direct_peers})  # a copy first, as the library: same order
         if topic in self.mesh:
             chosen = self.mesh[topic]
         else:
