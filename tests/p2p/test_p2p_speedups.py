@@ -330,6 +330,14 @@ class _Tree(Service):
             self.done.set()
 
 
+async def test_a_cancelled_acquire_raises_on_a_free_semaphore_too() -> None:
+    semaphore = speedups.FastSemaphore(1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await semaphore.acquire()
+    assert scope.cancelled_caught and semaphore.value == 1
+
+
 async def test_a_task_parent_is_found_as_the_full_walk_finds_it() -> None:
     tree = _Tree()
     async with background_trio_service(tree) as manager:

@@ -141,11 +141,3 @@ def test_peer_id_equality_is_unchanged() -> None:
     assert a == b"\x00\x01abc" and a == a.to_base58() and a != "nope"
     assert a.__eq__(3) is NotImplemented
     assert {a: 1}[same] == 1
-
-
-async def test_a_cancelled_acquire_raises_on_a_free_semaphore_too() -> None:
-    semaphore = speedups.FastSemaphore(1)
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        await semaphore.acquire()
-    assert scope.cancelled_caught and semaphore.value == 1
